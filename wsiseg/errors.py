@@ -1,0 +1,25 @@
+"""Exceptions shared by every layer; the CLI turns them into one-line errors."""
+
+from __future__ import annotations
+
+__all__ = ["WsisegError", "SlideOpenError", "MppError", "RegionError", "InputError"]
+
+
+class WsisegError(Exception):
+    """Base class of errors that the CLI reports as one clear line."""
+
+
+class SlideOpenError(WsisegError):
+    """A file could not be opened as a slide (missing, corrupt, unsupported)."""
+
+
+class MppError(WsisegError):
+    """The slide's pixel size is missing or implausible and no override was given."""
+
+
+class RegionError(WsisegError):
+    """A requested region lies wholly outside the slide or is malformed."""
+
+
+class InputError(WsisegError):
+    """Any other bad user input (configs, paths, arguments)."""
