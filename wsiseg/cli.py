@@ -239,6 +239,173 @@ def synth(
     click.echo(f"wrote {paths.image}\nwrote {paths.mask}")
 
 
+# --------------------------------------------------------------------------- train
+def _load_yaml_config(config: str) -> dict[str, Any]:
+    import yaml
+
+    from wsiseg.resources import packaged_config
+
+    path = Path(config)
+    if not path.exists():
+        path = packaged_config("models", config)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise WsisegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise WsisegError(f"{path}: expected a mapping with 'model' and 'train' sections")
+    return data
+
+
+def _sources(data: Path, data_mpp: float | None, binary: bool, class_names: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    from wsiseg.train.datasets import discover_sources
+
+    return discover_sources(data, data_mpp=data_mpp, binary_labels=binary, class_names=class_names)
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config",
+    default="default",
+    show_default=True,
+    help="Model YAML (path or packaged name).",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(["learned", "uniform", "tiled"]),
+    default=None,
+    help="Override the config's sampler.",
+)
+@click.option(
+    "--data", type=click.Path(path_type=Path), required=True, help="Training data folder."
+)
+@click.option(
+    "--val-data", type=click.Path(path_type=Path), default=None, help="Validation data folder."
+)
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--steps", type=int, default=None, help="Override the number of training steps.")
+@click.option("--seed", type=int, default=None, help="Override the seed.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option(
+    "--data-mpp", type=float, default=None, help="Pixel size of image tiles without metadata."
+)
+@click.option("--binary-labels", is_flag=True, help="Instance masks: object vs background.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out.")
+def train(
+    config: str,
+    sampler: str | None,
+    data: Path,
+    val_data: Path | None,
+    out: Path,
+    steps: int | None,
+    seed: int | None,
+    device: str,
+    data_mpp: float | None,
+    binary_labels: bool,
+    resume: bool,
+) -> None:
+    """Train a learned, uniform or tiled model on labeled slides."""
+    from tqdm import tqdm
+
+    from wsiseg.models.config import ModelConfig
+    from wsiseg.train.loop import StepInfo, TrainConfig
+    from wsiseg.train.loop import train as run_training
+
+    raw = _load_yaml_config(config)
+    model_cfg = ModelConfig.from_dict(raw.get("model", {}))
+    if sampler:
+        model_cfg = model_cfg.replace(sampler=sampler)
+    train_raw = dict(raw.get("train", {}))
+    if steps is not None:
+        train_raw["steps"] = steps
+    if seed is not None:
+        train_raw["seed"] = seed
+    train_cfg = TrainConfig.from_dict(train_raw)
+    train_src = _sources(data, data_mpp, binary_labels, model_cfg.class_names)
+    val_src = (
+        _sources(val_data, data_mpp, binary_labels, model_cfg.class_names) if val_data else None
+    )
+    bar = tqdm(
+        total=train_cfg.steps, desc=f"train {model_cfg.sampler}", unit="step", file=sys.stderr
+    )
+
+    def on_step(info: StepInfo) -> None:
+        bar.n = info.step
+        post = {"loss": f"{info.loss:.3f}"}
+        if info.val_miou is not None:
+            post["val_mIoU"] = f"{info.val_miou:.3f}"
+        bar.set_postfix(post, refresh=True)
+
+    best = run_training(
+        model_cfg,
+        train_cfg,
+        train_src,
+        out,
+        val_sources=val_src,
+        device=device,
+        resume=resume,
+        on_step=on_step,
+        data_summary={"data": str(data), "val_data": str(val_data) if val_data else None},
+    )
+    bar.close()
+    click.echo(f"best checkpoint: {best}")
+
+
+@cli.command()
+@click.option("--model", "model", required=True, help="Checkpoint (.safetensors) or 'default'.")
+@click.option("--baseline", "baselines", multiple=True, help="Baseline checkpoint(s) to compare.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labeled data folder.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--data-mpp", type=float, default=None, help="Pixel size of image tiles without metadata."
+)
+@click.option("--binary-labels", is_flag=True, help="Instance masks: object vs background.")
+def evaluate(
+    model: str,
+    baselines: tuple[str, ...],
+    data: Path,
+    out: Path,
+    device: str,
+    data_mpp: float | None,
+    binary_labels: bool,
+) -> None:
+    """mIoU, per-class IoU and Dice, with bootstrap 95% intervals over slides."""
+    from tqdm import tqdm
+
+    from wsiseg.io.fileops import atomic_path
+    from wsiseg.models.loading import load_model
+    from wsiseg.train.evaluate import confusion_per_source, format_markdown, summarise
+
+    models = [load_model(m, device=device) for m in (model, *baselines)]
+    names = models[0].config.class_names
+    for m in models[1:]:
+        if m.config.class_names != names:
+            raise WsisegError("the baselines' classes differ from the model's")
+    sources = _sources(data, data_mpp, binary_labels, names)
+    per_source = {}
+    for spec, net in zip((model, *baselines), models, strict=True):
+        label = f"{net.config.sampler} ({Path(spec).stem})"
+        bar = tqdm(desc=f"evaluate {label}", unit="region", file=sys.stderr, leave=False)
+
+        def tick(done: int, total: int, bar: Any = bar) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        per_source[label] = confusion_per_source(net, sources, on_region=tick)
+        bar.close()
+    result = summarise([s.name for s in sources], names, per_source)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "eval.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    md = format_markdown(result)
+    with atomic_path(out / "eval.md", overwrite=True) as tmp:
+        tmp.write_text(md)
+    click.echo(md)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning known errors into one line and exit code 1."""
     try:

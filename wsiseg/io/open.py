@@ -28,6 +28,34 @@ def backend_order(path: Path, backend: str) -> list[str]:
     return ["openslide", "tiffslide"]
 
 
+def check_tiff_extent(path: Path) -> None:
+    """Raise OSError if a TIFF's pixel data reaches past the end of the file.
+
+    A truncated TIFF often still opens (its directories come first) and some decoders
+    fill missing JPEG data with grey instead of failing; the offsets tell for sure.
+    Files that are not TIFF are left to the backends.
+    """
+    import tifffile
+
+    if path.is_dir():
+        return
+    size = path.stat().st_size
+    try:
+        tf = tifffile.TiffFile(path)
+    except Exception:  # noqa: BLE001 - not a TIFF (or unreadable): the backends decide
+        return
+    with tf:
+        for page in tf.pages:
+            offsets = getattr(page, "dataoffsets", ())
+            counts = getattr(page, "databytecounts", ())
+            if (
+                offsets
+                and counts
+                and max(o + c for o, c in zip(offsets, counts, strict=False)) > size
+            ):
+                raise OSError(f"truncated file: image data past its end ({size} bytes)")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -62,6 +90,10 @@ def open_slide(
             raise SlideOpenError(f"{p}: is a folder, not a slide (only DICOM series folders are)")
     elif p.stat().st_size == 0:
         raise SlideOpenError(f"{p}: empty file (0 bytes)")
+    try:
+        check_tiff_extent(p)
+    except OSError as exc:
+        raise SlideOpenError(f"{p}: {exc}") from exc
     errors: list[str] = []
     for name in backend_order(p, backend):
         reader: BaseSlideReader | None = None

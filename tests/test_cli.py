@@ -1,0 +1,144 @@
+"""The command line: tables, JSON, OME-Zarr conversion, one-line errors with exit code 1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from wsiseg.cli import main
+from wsiseg.io import open_slide
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_json_describes_synthetic_slide(small_synthetic, capsys) -> None:
+    code, out, _ = run_cli(["info", "--json", str(small_synthetic.image)], capsys)
+    assert code == 0
+    (info,) = json.loads(out)
+    assert info["backend"] == "openslide" and info["vendor"] == "generic-tiff"
+    assert info["dimensions"][0] == [3072, 2048]
+    assert info["mpp"] == pytest.approx([0.5, 0.5], abs=1e-3)
+    assert info["levels"] >= 2 and info["tile_size"] == [256, 256]
+
+
+def test_info_table(small_synthetic, capsys) -> None:
+    code, out, _ = run_cli(["info", str(small_synthetic.image)], capsys)
+    assert code == 0
+    assert "generic-tiff" in out and "3072 x 2048" in out and "0.5000 x 0.5000 µm/px" in out
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    [
+        (lambda d: d / "missing.svs", "no such file"),
+        (lambda d: d, "is a folder"),
+        (lambda d: _write(d / "empty.svs", b""), "empty file"),
+        (lambda d: _write(d / "notes.svs", b"this is not a slide\n"), "unsupported, corrupt"),
+        (lambda d: _write(d / "photo.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64), "unsupported"),
+        (lambda d: _write(d / "random.ndpi", bytes(range(256)) * 40), "unsupported"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_1(tmp_path, capsys, make, expect) -> None:
+    path = make(tmp_path)
+    code, _, err = run_cli(["info", str(path)], capsys)
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0]
+
+
+def test_truncated_slide_fails_cleanly(small_synthetic, tmp_path, capsys) -> None:
+    data = small_synthetic.image.read_bytes()
+    for cut in (100, len(data) // 3, len(data) - 5000):
+        bad = tmp_path / f"cut{cut}.tiff"
+        bad.write_bytes(data[:cut])
+        code, _, err = run_cli(["info", str(bad)], capsys)
+        assert code == 1 and err.count("\n") == 1 and "error:" in err, (cut, err)
+
+
+def test_batch_reports_bad_and_good(small_synthetic, tmp_path, capsys) -> None:
+    code, out, err = run_cli(
+        ["info", str(tmp_path / "nope.svs"), str(small_synthetic.image)], capsys
+    )
+    assert code == 1
+    assert "no such file" in err and "3072 x 2048" in out
+
+
+def test_convert_to_omezarr(small_synthetic, tmp_path, capsys) -> None:
+    out = tmp_path / "slide.zarr"
+    code, _, err = run_cli(["convert", str(small_synthetic.image), str(out)], capsys)
+    assert code == 0, err
+    group = zarr.open_group(out, mode="r")
+    ms = group.attrs["ome"]["multiscales"][0]
+    assert group.attrs["ome"]["version"] == "0.5"
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == pytest.approx(
+        [1.0, 0.5, 0.5], abs=1e-3
+    )
+    level0 = group["0"]
+    assert level0.shape == (3, 2048, 3072)
+    assert level0.compressors, "chunks must be compressed"
+    with open_slide(small_synthetic.image) as r:
+        ref = r.read_region(0, 1000, 500, 300, 200)
+    np.testing.assert_array_equal(level0[:, 500:700, 1000:1300].transpose(1, 2, 0), ref)
+    # Every level is smaller than the one before; scales grow with it.
+    scales = [d["coordinateTransformations"][0]["scale"][2] for d in ms["datasets"]]
+    assert scales == sorted(scales) and len(scales) == len(list(group.array_keys()))
+    # An existing output is not overwritten without --overwrite, and is left intact.
+    before = sorted(p.name for p in out.rglob("*"))
+    code, _, err = run_cli(["convert", str(small_synthetic.image), "-o", str(out)], capsys)
+    assert code == 1 and "already exists" in err
+    assert sorted(p.name for p in out.rglob("*")) == before
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_convert_needs_mpp(shared_data, tmp_path, capsys) -> None:
+    slide = shared_data / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+    out = tmp_path / "x.zarr"
+    code, _, err = run_cli(["convert", str(slide), str(out)], capsys)
+    assert code == 1 and "--mpp" in err and not out.exists()
+
+
+def test_thumbnail(small_synthetic, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    out = tmp_path / "thumb.png"
+    code, stdout, _ = run_cli(["thumbnail", str(small_synthetic.image), "-o", str(out)], capsys)
+    assert code == 0
+    img = np.asarray(Image.open(out))
+    assert img.shape == (2048 // 32, 3072 // 32, 3)  # 16 µm/px from 0.5 µm/px
+    assert img.std() > 5, "thumbnail should show tissue, not a flat image"
+
+
+def test_console_script_runs(small_synthetic) -> None:
+    exe = Path(sys.executable).with_name("wsiseg")
+    res = subprocess.run(
+        [str(exe), "info", "--json", str(small_synthetic.image)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run(
+        [str(exe), "info", "/nonexistent.svs"], capture_output=True, text=True, check=False
+    )
+    assert res.returncode == 1 and res.stderr.strip().startswith("error:")
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -1,0 +1,448 @@
+"""Checkpoints: ``NAME.safetensors`` (weights) + ``NAME.json`` (config and checksum).
+
+Weights are only ever read with safetensors. Pickled checkpoints (``torch.save``
+files, plain pickles) are refused without being unpickled, because unpickling a
+file can execute arbitrary code.
+
+The JSON file holds::
+
+    {"format": "wsiseg-checkpoint", "format_version": 1, "wsiseg_version": "...",
+     "weights": "NAME.safetensors", "sha256": "...", "half": false,
+     "config": {...the caller's config, returned untouched by load_checkpoint...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from wsiseg import __version__
+from wsiseg.errors import WsisegError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "CheckpointError",
+    "CheckpointMetadata",
+    "checkpoint_paths",
+    "file_sha256",
+    "load_checkpoint",
+    "load_state_strict",
+    "read_checkpoint_metadata",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "wsiseg-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+_PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"})
+_MAX_LISTED = 5
+_FP16_MAX = 65504.0
+
+
+class CheckpointError(WsisegError):
+    """A checkpoint is missing, malformed, tampered with, pickled, or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class CheckpointMetadata:
+    """What a checkpoint's JSON says, without its weights.
+
+    Attributes
+    ----------
+    weights_path, json_path : pathlib.Path
+        The two files of the checkpoint.
+    sha256 : str
+        Hex SHA-256 of the safetensors file as recorded at save time.
+    half : bool
+        Whether floating-point weights are stored as float16.
+    format_version : int
+        Checkpoint format version.
+    wsiseg_version : str
+        wsiseg version that wrote the checkpoint.
+    config : dict
+        The caller's config, as saved.
+    """
+
+    weights_path: Path
+    json_path: Path
+    sha256: str
+    half: bool
+    format_version: int
+    wsiseg_version: str
+    config: dict[str, Any]
+
+
+def _pickle_refusal(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: refusing a pickled checkpoint (torch.save/pickle) because loading it can "
+        "execute arbitrary code; convert it to a wsiseg safetensors checkpoint in a trusted "
+        "environment"
+    )
+
+
+def _sniff(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _looks_pickled(head: bytes) -> bool:
+    # Pickle protocol >= 2 starts with PROTO (0x80); torch.save's zip format starts with PK.
+    return head[:1] == b"\x80" or head[:2] == b"PK"
+
+
+def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Return ``(weights_path, json_path)`` for a ``.safetensors`` path, ``.json`` path or stem.
+
+    Raises
+    ------
+    CheckpointError
+        If ``path`` names a pickle-style file (``.pt``, ``.pth``, ``.ckpt``, ``.bin``,
+        ``.pkl``...) or an existing file that is neither safetensors nor JSON.
+    """
+    p = Path(path)
+    if p.suffix.lower() in _PICKLE_SUFFIXES:
+        raise _pickle_refusal(p)
+    if p.suffix.lower() not in (".safetensors", ".json") and p.is_file():
+        # A file without a known suffix: never guess, but say why if it is a pickle.
+        if _looks_pickled(_sniff(p)):
+            raise _pickle_refusal(p)
+        raise CheckpointError(
+            f"{p}: not a wsiseg checkpoint; expected NAME.safetensors with NAME.json beside it"
+        )
+    return _pair_names(p)
+
+
+def _pair_names(p: Path) -> tuple[Path, Path]:
+    if p.suffix.lower() in (".safetensors", ".json") or p.suffix.lower() in _PICKLE_SUFFIXES:
+        stem = p.with_suffix("")
+    else:
+        stem = p  # dots in a stem are kept: "model.v1" -> "model.v1.safetensors"
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Return the hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _prepare_tensors(state_dict: Mapping[str, Tensor], half: bool) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise TypeError(
+                f"state_dict must map str to Tensor; got {type(key).__name__} -> "
+                f"{type(value).__name__}"
+            )
+        t = value.detach().to("cpu", copy=True).contiguous()  # copy: no shared storage
+        if half and t.is_floating_point() and t.dtype != torch.float16:
+            finite = torch.isfinite(t)
+            if bool((t[finite].abs() > _FP16_MAX).any()):
+                raise CheckpointError(
+                    f"cannot store {key!r} as float16: values exceed ±{_FP16_MAX:g}; "
+                    "save without half=True"
+                )
+            t = t.to(torch.float16)
+        out[key] = t
+    return out
+
+
+def _tmp_beside(target: Path) -> Path:
+    # Not created here (mkstemp would make it 0600): the writer creates it with the
+    # usual umask-derived mode, as for the final file.
+    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (mode from the umask, like any new file), write, flush to disk."""
+    with path.open("xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    state_dict: Mapping[str, Tensor],
+    config: Mapping[str, Any],
+    *,
+    half: bool = False,
+) -> Path:
+    """Write ``NAME.safetensors`` and ``NAME.json`` atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        ``NAME.safetensors``, ``NAME.json`` or the stem ``NAME`` (dots in a stem
+        are kept; a ``.pt``/``.pth``/``.ckpt``/``.bin``/``.pkl`` suffix is replaced).
+    state_dict : mapping of str to torch.Tensor
+        Weights (e.g. ``module.state_dict()``); tensors are copied to CPU.
+    config : mapping
+        JSON-serialisable configuration (architecture, classes, ``task_mpp``...),
+        stored untouched under ``"config"``.
+    half : bool
+        Store floating-point tensors as float16 (read back as float32).
+
+    Returns
+    -------
+    pathlib.Path
+        The ``.safetensors`` path.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not JSON-serialisable or ``state_dict`` holds non-tensors.
+    CheckpointError
+        If ``half`` and a value does not fit in float16.
+
+    Notes
+    -----
+    Both files are written under temporary names in the target folder, flushed,
+    then renamed, weights first and JSON last: a reader never sees a partial
+    file. A crash between the two renames leaves new weights beside the old JSON,
+    which :func:`load_checkpoint` reports as a checksum mismatch, never loads.
+    """
+    from safetensors.torch import save as to_bytes
+
+    weights_path, json_path = _pair_names(Path(path))
+    try:
+        config_json = json.loads(json.dumps(dict(config), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"checkpoint config is not JSON-serialisable: {exc}") from exc
+
+    tensors = _prepare_tensors(state_dict, half)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_weights = _tmp_beside(weights_path)
+    tmp_json = _tmp_beside(json_path)
+    try:
+        data = to_bytes(tensors, metadata={"format": "pt", "wsiseg": CHECKPOINT_FORMAT})
+        _write_new(tmp_weights, data)
+        document = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "wsiseg_version": __version__,
+            "weights": weights_path.name,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "half": bool(half),
+            "config": config_json,
+        }
+        _write_new(tmp_json, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+        os.replace(tmp_weights, weights_path)
+        os.replace(tmp_json, json_path)
+    finally:
+        for tmp in (tmp_weights, tmp_json):
+            tmp.unlink(missing_ok=True)
+    logger.info(
+        "saved checkpoint %s (%d tensors, %s, %d bytes)",
+        weights_path,
+        len(tensors),
+        "float16" if half else "as given",
+        weights_path.stat().st_size,
+    )
+    return weights_path
+
+
+def _read_json(json_path: Path, weights_path: Path) -> dict[str, Any]:
+    if not json_path.is_file() and not weights_path.is_file():
+        # Nothing under the wsiseg names: say so, pointing at a pickle twin if there is one.
+        stem = weights_path.with_suffix("")
+        for suffix in sorted(_PICKLE_SUFFIXES):
+            twin = stem.with_name(stem.name + suffix)
+            if twin.is_file():
+                raise _pickle_refusal(twin)
+        raise CheckpointError(f"no checkpoint at {stem} (neither .safetensors nor .json exists)")
+    if not json_path.is_file():
+        raise CheckpointError(
+            f"{json_path}: checkpoint config missing (expected beside {weights_path.name})"
+        )
+    if _looks_pickled(_sniff(json_path)):
+        raise _pickle_refusal(json_path)
+    try:
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{json_path}: not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{json_path}: cannot read: {exc.strerror or exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{json_path}: not a wsiseg checkpoint config (format field)")
+    version = doc.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{json_path}: format_version missing or not an integer")
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{json_path}: checkpoint format {version} is newer than this wsiseg supports "
+            f"({CHECKPOINT_FORMAT_VERSION}); upgrade wsiseg"
+        )
+    if version < 1:
+        raise CheckpointError(f"{json_path}: invalid format_version {version}")
+    sha = doc.get("sha256")
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise CheckpointError(f"{json_path}: sha256 missing or malformed")
+    if not isinstance(doc.get("config"), dict):
+        raise CheckpointError(f"{json_path}: config missing or not an object")
+    if not isinstance(doc.get("half", False), bool):
+        raise CheckpointError(f"{json_path}: half must be true or false")
+    return doc
+
+
+def read_checkpoint_metadata(path: str | os.PathLike[str]) -> CheckpointMetadata:
+    """Read and validate a checkpoint's JSON (the weights are not read or verified).
+
+    Parameters
+    ----------
+    path : path-like
+        ``NAME.safetensors``, ``NAME.json`` or the stem ``NAME``.
+
+    Raises
+    ------
+    CheckpointError
+        If the JSON is missing, malformed or not a wsiseg checkpoint, or ``path`` is
+        a pickle-style file.
+    """
+    weights_path, json_path = checkpoint_paths(path)
+    doc = _read_json(json_path, weights_path)
+    return CheckpointMetadata(
+        weights_path=weights_path,
+        json_path=json_path,
+        sha256=doc["sha256"].lower(),
+        half=bool(doc.get("half", False)),
+        format_version=int(doc["format_version"]),
+        wsiseg_version=str(doc.get("wsiseg_version", "")),
+        config=doc["config"],
+    )
+
+
+def _check_safetensors_header(path: Path, data: bytes) -> None:
+    if _looks_pickled(data[:2]):
+        raise _pickle_refusal(path)
+    if len(data) < 10:
+        raise CheckpointError(f"{path}: not a safetensors file (too short)")
+    n = int.from_bytes(data[:8], "little")
+    if n < 2 or 8 + n > len(data) or data[8:9] != b"{":
+        raise CheckpointError(
+            f"{path}: not a safetensors file (bad header); wsiseg reads only safetensors "
+            "weights and never unpickles"
+        )
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Load a checkpoint's weights (verified against the recorded SHA-256) and config.
+
+    Parameters
+    ----------
+    path : path-like
+        ``NAME.safetensors``, ``NAME.json`` or the stem ``NAME``.
+
+    Returns
+    -------
+    state_dict : dict of str to torch.Tensor
+        CPU tensors; float16 storage of a ``half`` checkpoint comes back as float32,
+        otherwise dtypes are as saved (bit-exact).
+    config : dict
+        The config given to :func:`save_checkpoint`, untouched (architecture
+        names are checked by whoever builds the model).
+
+    Raises
+    ------
+    CheckpointError
+        If either file is missing or malformed, the checksum does not match, or the
+        weights are pickled (refused without unpickling).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    weights_path, json_path = checkpoint_paths(path)
+    if weights_path.is_file() and _looks_pickled(_sniff(weights_path)):
+        # Refuse a pickle before anything else, even if its JSON is missing.
+        raise _pickle_refusal(weights_path)
+    meta = read_checkpoint_metadata(weights_path)
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: checkpoint weights missing")
+    try:
+        data = weights_path.read_bytes()  # hash and parse the same bytes
+    except OSError as exc:
+        raise CheckpointError(f"{weights_path}: cannot read: {exc.strerror or exc}") from exc
+    _check_safetensors_header(weights_path, data)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != meta.sha256:
+        raise CheckpointError(
+            f"{weights_path}: checksum mismatch (sha256 {actual[:12]}..., expected "
+            f"{meta.sha256[:12]}... from {json_path.name}); the file is corrupt or was modified"
+        )
+    try:
+        tensors = load_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights_path}: unreadable safetensors ({exc})") from exc
+    if meta.half:
+        tensors = {k: (v.float() if v.dtype == torch.float16 else v) for k, v in tensors.items()}
+    logger.debug("loaded checkpoint %s (%d tensors)", weights_path, len(tensors))
+    return tensors, meta.config
+
+
+def load_state_strict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Load ``state_dict`` into ``module`` after checking every key and shape.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Target module.
+    state_dict : mapping of str to torch.Tensor
+        Weights, e.g. from :func:`load_checkpoint`.
+
+    Raises
+    ------
+    CheckpointError
+        Listing (on one line) the first few missing keys, unexpected keys and
+        shape mismatches, with their counts.
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", mismatched),
+    ):
+        if items:
+            shown = ", ".join(items[:_MAX_LISTED])
+            more = f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+            problems.append(f"{len(items)} {label}: {shown}{more}")
+    if problems:
+        raise CheckpointError(
+            "checkpoint weights do not fit the model (" + "; ".join(problems) + ")"
+        )
+    bad = [
+        k
+        for k, v in state_dict.items()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint weights hold NaN or infinite values ({', '.join(bad[:_MAX_LISTED])})"
+        )
+    module.load_state_dict(dict(state_dict), strict=True)

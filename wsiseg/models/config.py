@@ -1,0 +1,107 @@
+"""`ModelConfig`: everything that defines a model, stored in its checkpoint's JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from wsiseg.errors import InputError
+
+__all__ = ["ModelConfig", "SAMPLERS", "DEFAULT_CLASSES"]
+
+SAMPLERS = ("learned", "uniform", "tiled")
+
+#: wsiseg's prostate classes: (name, RGB colour). QuPath's built-in names where they fit.
+DEFAULT_CLASSES: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("Background", (255, 255, 255)),
+    ("Stroma", (150, 200, 150)),
+    ("Benign gland", (20, 120, 220)),
+    ("Tumor", (200, 0, 0)),
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and geometry of a segmentation model.
+
+    A region is ``region_px`` square at ``task_mpp`` µm/px; the segmenter sees
+    ``sample_px`` square samples of it, so the pixel budget is
+    ``(sample_px / region_px) ** 2``. The saliency net sees a ``saliency_input_px``
+    view and predicts a ``saliency_grid_px`` density; the Gaussian radius is
+    ``radius_cells`` saliency cells.
+    """
+
+    sampler: Literal["learned", "uniform", "tiled"] = "learned"
+    segmenter: str = "unet-resnet18"
+    classes: tuple[tuple[str, tuple[int, int, int]], ...] = DEFAULT_CLASSES
+    task_mpp: float = 0.5
+    region_px: int = 1024
+    sample_px: int = 128
+    saliency_input_px: int = 64
+    saliency_grid_px: int = 32
+    saliency_width: int = 24
+    radius_cells: int = 4
+    uniform_floor: float = 0.1
+    tile_overlap_px: int = 32
+    mean: tuple[float, float, float] = (0.78, 0.62, 0.75)
+    std: tuple[float, float, float] = (0.15, 0.18, 0.13)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
+        for name in ("region_px", "sample_px", "saliency_input_px", "saliency_grid_px"):
+            if int(getattr(self, name)) < 2:
+                raise InputError(f"{name} must be >= 2")
+        if self.sample_px > self.region_px:
+            raise InputError("sample_px must not exceed region_px")
+        if not 0.05 <= self.task_mpp <= 20:
+            raise InputError(f"task_mpp {self.task_mpp} is not a plausible pixel size")
+        if self.sampler == "tiled" and self.tile_overlap_px * 2 >= self.sample_px:
+            raise InputError("tile_overlap_px must be less than half of sample_px")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c[0] for c in self.classes)
+
+    @property
+    def budget(self) -> float:
+        """Samples per region pixel (1 for the tiled full-resolution model)."""
+        if self.sampler == "tiled":
+            return 1.0
+        return (self.sample_px / self.region_px) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["classes"] = [{"name": n, "color": list(c)} for n, c in self.classes]
+        d["extra"] = dict(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Build from a dict (checkpoint JSON or YAML); unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        kw: dict[str, Any] = dict(data)
+        if "classes" in kw:
+            kw["classes"] = tuple(
+                (c["name"], tuple(int(v) for v in c["color"]))
+                if isinstance(c, Mapping)
+                else (c[0], tuple(int(v) for v in c[1]))
+                for c in kw["classes"]
+            )
+        for key in ("mean", "std"):
+            if key in kw:
+                kw[key] = tuple(float(v) for v in kw[key])
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,87 @@
+"""Build, describe and load models: devices, checkpoint metadata, the bundled model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsiseg import __version__
+from wsiseg.errors import WsisegError
+from wsiseg.models.checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from wsiseg.models.config import ModelConfig
+from wsiseg.models.deformseg import DeformSeg
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "resolve_device",
+    "checkpoint_config",
+    "default_model_path",
+    "resolve_model_path",
+    "load_model",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WsisegError("--device cuda was asked for, but no CUDA GPU is available")
+    return dev
+
+
+def checkpoint_config(model_cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
+    """The JSON stored beside a checkpoint's weights."""
+    return {"model": model_cfg.to_dict(), "wsiseg_version": __version__, **extra}
+
+
+def default_model_path() -> Path:
+    """The bundled demo model (``wsiseg/resources/models/default.safetensors``)."""
+    ref = resources.files("wsiseg") / "resources" / "models" / "default.safetensors"
+    return Path(str(ref))
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """``default`` -> the bundled model; anything else is a checkpoint path."""
+    if str(model) == DEFAULT_MODEL:
+        path = default_model_path()
+        if not path.exists():
+            raise WsisegError("the bundled default model is missing from this installation")
+        return path
+    return Path(model)
+
+
+def load_model(model: str | Path, device: str = "auto") -> DeformSeg:
+    """Load a checkpoint (safetensors + JSON) into a ready `DeformSeg` in eval mode.
+
+    Raises
+    ------
+    CheckpointError
+        Pickles, missing or inconsistent files, unknown architectures, wrong shapes.
+    """
+    path = resolve_model_path(model)
+    state, meta = load_checkpoint(path)
+    if not isinstance(meta.get("model"), Mapping):
+        raise CheckpointError(f"{path.name}: checkpoint JSON has no 'model' section")
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+        net = DeformSeg(cfg)
+    except (KeyError, ValueError, TypeError, WsisegError) as exc:
+        msg = str(exc.args[0]) if exc.args else str(exc)
+        raise CheckpointError(f"{path.name}: {msg}") from exc
+    load_state_strict(net, state)
+    dev = resolve_device(device)
+    net.to(dev).eval()
+    net.checkpoint_meta = dict(meta)  # type: ignore[assignment]
+    net.checkpoint_path = path  # type: ignore[assignment]
+    return net

@@ -1,0 +1,135 @@
+"""Evaluate models on labeled images: pooled confusion matrices, bootstrap over slides."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsiseg.models.deformseg import DeformSeg, MemorySource
+from wsiseg.train.datasets import LabeledSource
+from wsiseg.train.metrics import (
+    bootstrap_interval,
+    bootstrap_mean_iou,
+    confusion_matrix,
+    iou_dice,
+    mean_iou,
+)
+from wsiseg.train.regions import grid_boxes, to_tensors
+
+__all__ = ["confusion_per_source", "summarise", "format_markdown"]
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def confusion_per_source(
+    model: DeformSeg,
+    sources: Sequence[LabeledSource],
+    *,
+    batch_size: int = 2,
+    on_region: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """[S, K, K] confusion matrices: every tissue region of each source, at full label resolution."""
+    cfg = model.config
+    k = cfg.num_classes
+    out = np.zeros((len(sources), k, k), np.int64)
+    plans = []
+    for src in sources:
+        side = max(1, round(cfg.region_px * cfg.task_mpp / src.mpp))
+        plans.append((src, side, grid_boxes(src, side)))
+    total = sum(len(b) for _, _, b in plans)
+    done = 0
+    model.eval()
+    dev = model.device
+    for s, (src, side, boxes) in enumerate(plans):
+        for i in range(0, len(boxes), batch_size):
+            chunk = boxes[i : i + batch_size]
+            reads = [src.read(x, y, side, side, (side, side)) for x, y in chunk]
+            x_full, y_full = to_tensors(
+                np.stack([r[0] for r in reads]), np.stack([r[1] for r in reads])
+            )
+            x = x_full
+            if side != cfg.region_px:
+                x = F.interpolate(
+                    x_full,
+                    size=(cfg.region_px, cfg.region_px),
+                    mode="area" if side > cfg.region_px else "bilinear",
+                )
+            probs, _ = model.predict(MemorySource(x.to(dev)), (side, side))
+            out[s] += confusion_matrix(probs.argmax(1).cpu().numpy(), y_full.numpy(), k)
+            done += len(chunk)
+            if on_region is not None:
+                on_region(done, total)
+    return out
+
+
+def summarise(
+    names: Sequence[str],
+    class_names: Sequence[str],
+    per_source: Mapping[str, np.ndarray],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """mIoU, per-class IoU/Dice and bootstrap 95% intervals over slides for each model.
+
+    ``per_source`` maps model label -> [S, K, K]; the first entry is the model under
+    test and its paired differences to every other entry are reported too.
+    """
+    labels = list(per_source)
+    stacked = np.stack([per_source[m] for m in labels])  # [M, S, K, K]
+    _, _, reps = bootstrap_mean_iou(stacked, n_boot=n_boot, seed=seed)
+    result: dict[str, Any] = {"slides": list(names), "classes": list(class_names), "models": {}}
+    for m, label in enumerate(labels):
+        cm = stacked[m].sum(0)
+        iou, dice = iou_dice(cm)
+        lo, hi = bootstrap_interval(reps[m])
+        result["models"][label] = {
+            "miou": mean_iou(cm),
+            "miou_ci95": [lo, hi],
+            "iou": {c: _num(v) for c, v in zip(class_names, iou, strict=True)},
+            "dice": {c: _num(v) for c, v in zip(class_names, dice, strict=True)},
+            "per_slide_miou": {n: mean_iou(stacked[m, s]) for s, n in enumerate(names)},
+            "confusion": cm.tolist(),
+        }
+        if m > 0:
+            diff = reps[0] - reps[m]
+            result["models"][label]["diff_vs_first"] = {
+                "miou": result["models"][labels[0]]["miou"] - mean_iou(cm),
+                "ci95": list(bootstrap_interval(diff)),
+            }
+    result["n_slides"] = len(names)
+    return result
+
+
+def _num(v: float) -> float | None:
+    return None if not np.isfinite(v) else float(v)
+
+
+def format_markdown(result: Mapping[str, Any]) -> str:
+    """A markdown table of `summarise`'s result."""
+    classes = result["classes"]
+    head = "| model | mIoU | 95% CI | " + " | ".join(f"IoU {c}" for c in classes) + " |"
+    sep = "|" + "---|" * (3 + len(classes))
+    rows = [head, sep]
+    for label, r in result["models"].items():
+        ious = " | ".join("-" if r["iou"][c] is None else f"{r['iou'][c]:.3f}" for c in classes)
+        lo, hi = r["miou_ci95"]
+        rows.append(f"| {label} | {r['miou']:.4f} | {lo:.4f}-{hi:.4f} | {ious} |")
+    lines = [
+        f"Evaluated on {result['n_slides']} slide(s); intervals: bootstrap over slides.",
+        "",
+        *rows,
+    ]
+    diffs = [(k, v["diff_vs_first"]) for k, v in result["models"].items() if "diff_vs_first" in v]
+    if diffs:
+        first = next(iter(result["models"]))
+        lines += ["", f"| {first} minus | ΔmIoU | 95% CI |", "|---|---|---|"]
+        for k, d in diffs:
+            lines.append(f"| {k} | {d['miou']:+.4f} | {d['ci95'][0]:+.4f} to {d['ci95'][1]:+.4f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,244 @@
+"""The training loop: one code path for learned, uniform and tiled models."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from wsiseg.errors import InputError
+from wsiseg.io.fileops import atomic_path
+from wsiseg.models.checkpoint import save_checkpoint
+from wsiseg.models.config import ModelConfig
+from wsiseg.models.deformseg import DeformSeg, MemorySource
+from wsiseg.models.loading import checkpoint_config, load_model, resolve_device
+from wsiseg.models.mipmap import sample_labels
+from wsiseg.train.datasets import LabeledSource
+from wsiseg.train.losses import (
+    edge_loss,
+    edge_target,
+    gamma_schedule,
+    segmentation_loss,
+)
+from wsiseg.train.metrics import confusion_matrix, mean_iou
+from wsiseg.train.regions import RegionDrawer, augment, to_tensors
+
+__all__ = ["TrainConfig", "StepInfo", "train", "training_step", "validate"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (the model's own settings live in `ModelConfig`)."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    edge_gamma: float = 1.0
+    seed: int = 0
+    pool_regions: int = 64
+    refresh_every: int = 50
+    steps_per_epoch: int = 100
+    val_regions: int = 16
+    jitter: float = 0.06
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown training config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass
+class StepInfo:
+    """Progress report passed to the caller's callback."""
+
+    step: int
+    total: int
+    loss: float
+    seg_loss: float
+    edge_loss: float
+    val_miou: float | None = None
+
+
+def training_step(
+    model: DeformSeg,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    gamma: float,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, float, float]:
+    """Loss of one batch of regions (images [B,3,R,R] in [0,1], labels [B,R,R])."""
+    cfg = model.config
+    device = model.device
+    if cfg.sampler == "tiled":
+        s = cfg.sample_px
+        r = images.shape[-1]
+        crops_x, crops_y = [], []
+        for i in range(images.shape[0]):
+            y0, x0 = (int(v) for v in rng.integers(0, r - s + 1, size=2))
+            crops_x.append(images[i, :, y0 : y0 + s, x0 : x0 + s])
+            crops_y.append(labels[i, y0 : y0 + s, x0 : x0 + s])
+        logits = model.forward_window(torch.stack(crops_x).to(device))
+        seg = segmentation_loss(logits, torch.stack(crops_y).to(device))
+        return seg, float(seg.detach()), 0.0
+    out = model(MemorySource(images.to(device)))
+    assert out.grid is not None
+    target = sample_labels(labels.to(device), out.grid)
+    seg = segmentation_loss(out.logits, target)
+    if out.density is None or gamma <= 0:
+        return seg, float(seg.detach()), 0.0
+    g = cfg.saliency_grid_px
+    edge = edge_loss(out.density, edge_target(labels.to(device), (g, g)))
+    return seg + gamma * edge, float(seg.detach()), float(edge.detach())
+
+
+@torch.no_grad()
+def validate(
+    model: DeformSeg, images: np.ndarray, labels: np.ndarray, batch_size: int = 4
+) -> tuple[float, np.ndarray]:
+    """mIoU (and the confusion matrix) of whole-region predictions at full label resolution."""
+    model.eval()
+    k = model.config.num_classes
+    cm = np.zeros((k, k), np.int64)
+    for i in range(0, len(images), batch_size):
+        x, y = to_tensors(images[i : i + batch_size], labels[i : i + batch_size])
+        probs, _ = model.predict(
+            MemorySource(x.to(model.device)), (int(y.shape[-2]), int(y.shape[-1]))
+        )
+        cm += confusion_matrix(probs.argmax(1).cpu().numpy(), y.numpy(), k)
+    model.train()
+    return mean_iou(cm), cm
+
+
+def _save_train_state(run: Path, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    for pid, state in opt.state_dict()["state"].items():
+        for key, val in state.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"{pid}.{key}"] = val.detach().cpu().contiguous()
+    with atomic_path(run / "train_state.safetensors", overwrite=True) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_path(run / "train_state.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
+
+
+def _load_train_state(run: Path, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    meta = json.loads((run / "train_state.json").read_text())
+    flat = load_file(str(run / "train_state.safetensors"))
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, val in flat.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    return meta
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    train_sources: Sequence[LabeledSource],
+    out_dir: Path,
+    *,
+    val_sources: Sequence[LabeledSource] | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    on_step: Callable[[StepInfo], None] | None = None,
+    data_summary: Mapping[str, Any] | None = None,
+) -> Path:
+    """Train a model; checkpoints go to ``out_dir/last`` (every epoch) and ``out_dir/best``.
+
+    Returns the path of the best checkpoint (``.safetensors``).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise InputError(f"{out_dir} is not empty (use --resume to continue a run)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    if train_cfg.threads > 0:
+        torch.set_num_threads(train_cfg.threads)
+    torch.manual_seed(train_cfg.seed)
+    rng = np.random.default_rng(train_cfg.seed)
+    model = DeformSeg(model_cfg).to(dev)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+    )
+    drawer = RegionDrawer(train_sources, model_cfg.region_px, model_cfg.task_mpp)
+    val_drawer = RegionDrawer(val_sources or train_sources, model_cfg.region_px, model_cfg.task_mpp)
+    val_images, val_labels = val_drawer.draw(train_cfg.val_regions, np.random.default_rng(12345))
+    start, best = 0, -1.0
+    if resume and (out_dir / "train_state.json").exists():
+        loaded = load_model(out_dir / "last.safetensors", device=str(dev))
+        model.load_state_dict(loaded.state_dict())
+        meta = _load_train_state(out_dir, opt)
+        start, best = int(meta["step"]), float(meta["best_miou"])
+        rng = np.random.default_rng([train_cfg.seed, start])
+        log.info("resuming %s at step %d (best mIoU %.4f)", out_dir, start, best)
+    (out_dir / "config.json").write_text(
+        json.dumps({"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg)}, indent=2)
+    )
+    summary = dict(data_summary or {})
+    summary.setdefault("train_images", [s.name for s in train_sources])
+    if val_sources:
+        summary.setdefault("val_images", [s.name for s in val_sources])
+
+    def save(name: str, step: int, miou: float) -> None:
+        meta = checkpoint_config(
+            model_cfg,
+            train_cfg=dataclasses.asdict(train_cfg),
+            data=summary,
+            step=step,
+            val_miou=miou,
+        )
+        save_checkpoint(out_dir / name, model.state_dict(), meta)
+
+    pool_i: np.ndarray | None = None
+    pool_l: np.ndarray | None = None
+    use_amp = dev.type == "cuda"
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(start, train_cfg.steps):
+        if pool_i is None or pool_l is None or (step - start) % train_cfg.refresh_every == 0:
+            pool_i, pool_l = drawer.draw(train_cfg.pool_regions, rng)
+        idx = rng.integers(0, len(pool_i), size=train_cfg.batch_size)
+        imgs, labs = augment(pool_i[idx], pool_l[idx], rng)
+        x, y = to_tensors(imgs, labs, rng, train_cfg.jitter)
+        gamma = gamma_schedule(step, train_cfg.steps, train_cfg.edge_gamma)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss, seg, edge = training_step(model, x, y, gamma, rng)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        info = StepInfo(step + 1, train_cfg.steps, float(loss.detach()), seg, edge)
+        last_step = step + 1 == train_cfg.steps
+        if (step + 1) % train_cfg.steps_per_epoch == 0 or last_step:
+            miou, _ = validate(model, val_images, val_labels)
+            info.val_miou = miou
+            save("last", step + 1, miou)
+            if miou > best:
+                best = miou
+                save("best", step + 1, miou)
+            _save_train_state(out_dir, opt, {"step": step + 1, "best_miou": best})
+            log.info("step %d: val mIoU %.4f (best %.4f)", step + 1, miou, best)
+        if on_step is not None:
+            on_step(info)
+    log.info("trained %d steps in %.0f s", train_cfg.steps - start, time.perf_counter() - t0)
+    return out_dir / "best.safetensors"
