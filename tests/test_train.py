@@ -27,6 +27,7 @@ TINY = ModelConfig(
     saliency_width=8,
     radius_cells=3,
     tile_overlap_px=16,
+    tile_train_px=64,
 )
 
 

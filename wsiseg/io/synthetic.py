@@ -412,31 +412,86 @@ class _SceneParams:
     benign_gland_fraction: float
 
 
+@lru_cache(maxsize=512)
+def _disc_cells(k: int) -> BoolA:
+    """Cells (2k+1 square) within k cells of the centre cell."""
+    o = np.arange(-k, k + 1)
+    return (o[:, None] ** 2 + o[None, :] ** 2) <= k * k
+
+
 class _Placer:
-    """Non-overlap bookkeeping of discs within one core (a uniform grid of cells)."""
+    """Where glands already are within one core, on a grid of small cells.
 
-    _CELL = 100.0
+    Shapes (bounding discs, or each lobe's bounding ellipse) are marked
+    conservatively, every cell that may hold a point of the shape, and a
+    candidate is free when no marked cell lies within its shape dilated by the
+    gap, so placed glands keep at least that gap.
+    """
 
-    def __init__(self) -> None:
-        self.cells: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+    _C = 2.0  # cell size, µm
+    _HD = 2.0 * 0.75  # a little over half the cell diagonal
 
-    def _keys(self, x: float, y: float, r: float) -> Iterator[tuple[int, int]]:
-        c = self._CELL
-        for j in range(math.floor((y - r) / c), math.floor((y + r) / c) + 1):
-            for i in range(math.floor((x - r) / c), math.floor((x + r) / c) + 1):
-                yield i, j
+    def __init__(self, bbox: tuple[float, float, float, float]) -> None:
+        self.x0, self.y0 = bbox[0], bbox[1]
+        nx = math.ceil((bbox[2] - bbox[0]) / self._C) + 1
+        ny = math.ceil((bbox[3] - bbox[1]) / self._C) + 1
+        self.grid = np.zeros((ny, nx), bool)
 
-    def free(self, x: float, y: float, r: float, gap: float) -> bool:
-        for key in self._keys(x, y, r + gap):
-            for ox, oy, orr in self.cells.get(key, ()):
-                lim = orr + r + gap
-                if (ox - x) ** 2 + (oy - y) ** 2 <= lim * lim:
-                    return False
-        return True
+    def _region(
+        self, x: float, y: float, r: float, lobes: list[tuple[float, ...]] | None, margin: float
+    ) -> tuple[tuple[slice, slice], BoolA] | None:
+        c, reach = self._C, r + margin + self._HD
+        ny, nx = self.grid.shape
+        if lobes is None:  # a disc: a cached cell mask around the centre cell, one cell wider
+            k = math.ceil(reach / c) + 1
+            ci = math.floor((x - self.x0) / c)
+            cj = math.floor((y - self.y0) / c)
+            c0, c1 = max(0, ci - k), min(nx, ci + k + 1)
+            r0, r1 = max(0, cj - k), min(ny, cj + k + 1)
+            if c0 >= c1 or r0 >= r1:
+                return None
+            disc = _disc_cells(k)[r0 - cj + k : r1 - cj + k, c0 - ci + k : c1 - ci + k]
+            return (slice(r0, r1), slice(c0, c1)), disc
+        c0 = max(0, math.floor((x - reach - self.x0) / c))
+        c1 = min(nx, math.floor((x + reach - self.x0) / c) + 2)
+        r0 = max(0, math.floor((y - reach - self.y0) / c))
+        r1 = min(ny, math.floor((y + reach - self.y0) / c) + 2)
+        if c0 >= c1 or r0 >= r1:
+            return None
+        X = (self.x0 + (np.arange(c0, c1) + 0.5) * c).astype(np.float32)[None, :]
+        Y = (self.y0 + (np.arange(r0, r1) + 0.5) * c).astype(np.float32)[:, None]
+        # each lobe as its bounding ellipse, dilated
+        mask = np.zeros((r1 - r0, c1 - c0), bool)
+        for lb in lobes:
+            dx = X - np.float32(lb[_L_CX])
+            dy = Y - np.float32(lb[_L_CY])
+            ct, st = np.float32(lb[_L_CT]), np.float32(lb[_L_ST])
+            p = (dx * ct + dy * st) * np.float32(lb[_L_IASP])
+            q = dy * ct - dx * st
+            lim = lb[_L_R] * (1.0 + lb[_L_AMP] + lb[_L_AMP2]) + margin + self._HD
+            mask |= p * p + q * q <= np.float32(lim * lim)
+        return (slice(r0, r1), slice(c0, c1)), mask
 
-    def add(self, x: float, y: float, r: float) -> None:
-        for key in self._keys(x, y, r):
-            self.cells.setdefault(key, []).append((x, y, r))
+    def free(
+        self, x: float, y: float, r: float, gap: float, lobes: list[tuple[float, ...]] | None = None
+    ) -> bool:
+        c, ny, nx = self._C, *self.grid.shape
+        ci, cj = math.floor((x - self.x0) / c), math.floor((y - self.y0) / c)
+        if 0 <= ci < nx and 0 <= cj < ny and self.grid[cj, ci]:
+            return False  # the centre is taken (the common case in a crowded focus)
+        reach = r + gap + self._HD
+        k = math.ceil(reach / c) + 1
+        if not self.grid[max(0, cj - k) : cj + k + 1, max(0, ci - k) : ci + k + 1].any():
+            return True  # nothing anywhere near
+        reg = self._region(x, y, r, lobes, gap)
+        return reg is None or not bool((self.grid[reg[0]] & reg[1]).any())
+
+    def add(
+        self, x: float, y: float, r: float, lobes: list[tuple[float, ...]] | None = None
+    ) -> None:
+        reg = self._region(x, y, r, lobes, 0.0)
+        if reg is not None:
+            self.grid[reg[0]] |= reg[1]
 
 
 def _core_uv_to_xy(c: _Core, u: float, v_rel: float) -> tuple[float, float]:
@@ -798,14 +853,16 @@ def _place_tumour(
             rf = float(rng.uniform(12.0, 30.0))
         elif f == 1:
             rf = float(rng.uniform(35.0, 70.0))
+        elif f == 2:
+            rf = float(rng.uniform(0.4, 0.75)) * hw
         else:
-            rf = float(np.exp(rng.uniform(np.log(60.0), np.log(700.0))))
-        rf = min(rf, 0.6 * hw)
-        ru = min(rf * float(rng.uniform(1.0, 2.5)), usable * 0.9)
+            rf = float(np.exp(rng.uniform(np.log(80.0), np.log(900.0))))
+        rf = min(rf, 0.75 * hw)
+        ru = min(rf * float(rng.uniform(1.0, 3.0)), usable * 0.9)
         uf = float(rng.uniform(-1.0, 1.0)) * max(0.0, usable - ru)
         vf = float(rng.uniform(-1.0, 1.0)) * max(0.0, hw - rf - 25.0)
-        target = max(1, int(0.55 * math.pi * ru * rf / (math.pi * 14.0**2)))
-        n_att = 6 * target + 30
+        target = max(1, int(0.3 * ru * rf / 14.0**2))  # about what random packing reaches
+        n_att = 5 * target + 30
         # candidates drawn in one go: position, kind, size, shape, fusion, gap
         rr = np.sqrt(rng.uniform(size=n_att))
         ph = rng.uniform(0.0, 2.0 * math.pi, n_att)
@@ -818,29 +875,28 @@ def _place_tumour(
         ang2 = rng.uniform(0.0, 2.0 * math.pi, n_att)
         size2 = size * rng.uniform(0.55, 0.85, n_att)
         aspect2 = rng.uniform(1.0, 1.4, n_att)
-        gaps = rng.uniform(3.0, 7.0, n_att)  # > the overhang of an edge nucleus
+        gaps = rng.uniform(3.0, 6.0, n_att)  # > the overhang of an edge nucleus
         accepted = misses = 0
         for k in range(n_att):
-            if accepted >= target or misses > 200:
+            if accepted >= target or misses > 150:
                 break
             u = uf + ru * rr[k] * math.cos(ph[k])
             x, y = _core_uv_to_xy(core, u, vf + rf * rr[k] * math.sin(ph[k]))
             r = float(size[k])
             ext = r * grow * float(aspect[k])
+            lobes = [_lobe(rng, x, y, r, float(aspect[k]), amp, kk, 0.0)]
             if fused[k]:
                 x2 = x + 0.95 * r * math.cos(ang2[k])
                 y2 = y + 0.95 * r * math.sin(ang2[k])
                 ext = max(ext, 0.95 * r + float(size2[k]) * grow * float(aspect2[k]))
-            if not placer.free(x, y, ext, float(gaps[k])) or not _disc_in_core(
+                lobes.append(_lobe(rng, x2, y2, float(size2[k]), float(aspect2[k]), amp, kk, 0.0))
+            if not placer.free(x, y, ext, float(gaps[k]), lobes) or not _disc_in_core(
                 vtab, core, x, y, ext + 12.0
             ):
                 misses += 1
                 continue
             misses = 0
-            placer.add(x, y, ext)
-            lobes = [_lobe(rng, x, y, r, float(aspect[k]), amp, kk, 0.0)]
-            if fused[k]:
-                lobes.append(_lobe(rng, x2, y2, float(size2[k]), float(aspect2[k]), amp, kk, 0.0))
+            placer.add(x, y, ext, lobes)
             solid = bool(cord[k]) or r < 9.0 or rng.uniform() < 0.1
             t_epi = r if solid else min(0.75 * r, float(rng.uniform(6.5, 10.0)))
             glands.append(
@@ -857,6 +913,9 @@ def _place_tumour(
                 )
             )
             accepted += 1
+        logger.debug(
+            "tumour focus %d: radius %.0fx%.0f µm, %d/%d glands", f, ru, rf, accepted, target
+        )
 
 
 def _place_benign(
@@ -867,56 +926,62 @@ def _place_benign(
     placer: _Placer,
     glands: list[_Gland],
     tables: _Tables,
+    share: float,
 ) -> None:
-    """Large irregular glands with papillary infoldings, up to the target area fraction."""
+    """Large irregular glands with papillary infoldings: ``share`` of the target area."""
     hw = core.half_width
     usable = core.half_len - 0.3 * core.cap
-    target_area = prm.benign_gland_fraction * 4.0 * core.half_len * hw
+    target_area = share * prm.benign_gland_fraction * 4.0 * core.half_len * hw
     covered = 0.0
     r_hi = min(180.0, 0.62 * hw)
     if r_hi < 45.0 or target_area <= 0:
         return
     n_try = int(80 + 30 * target_area / (math.pi * 100.0**2))
-    for _ in range(n_try):
-        if covered >= target_area:
+    # candidates drawn in one go: size, position, outline, up to two extra lobes, gap
+    r_main = np.exp(rng.uniform(np.log(45.0), np.log(r_hi), n_try))
+    us = rng.uniform(-usable, usable, n_try)
+    vs = rng.uniform(-1.0, 1.0, n_try) * np.maximum(0.0, hw - r_main)
+    amps = np.stack([rng.uniform(0.14, 0.26, n_try), rng.uniform(0.04, 0.08, n_try)], 1)
+    ks = np.stack([rng.uniform(0.9, 1.4, n_try), rng.uniform(2.8, 4.2, n_try)], 1)
+    aspect = rng.uniform(1.0, 1.7, n_try)
+    n_lobes = np.where(r_main < 70, 1, rng.integers(1, 4, n_try))
+    l_ang = rng.uniform(0.0, 2.0 * math.pi, (n_try, 2))
+    l_r = r_main[:, None] * rng.uniform(0.45, 0.75, (n_try, 2))
+    l_dist = r_main[:, None] * rng.uniform(0.6, 0.95, (n_try, 2))
+    l_asp = rng.uniform(1.0, 1.5, (n_try, 2))
+    gaps = rng.uniform(12.0, 50.0, n_try)
+    misses = 0
+    for k in range(n_try):
+        if covered >= target_area or misses > 400:
             break
-        r_main = float(np.exp(rng.uniform(np.log(45.0), np.log(r_hi))))
-        u = float(rng.uniform(-usable, usable))
-        v = float(rng.uniform(-1.0, 1.0)) * max(0.0, hw - r_main)
-        x, y = _core_uv_to_xy(core, u, v)
-        amp = (float(rng.uniform(0.14, 0.26)), float(rng.uniform(0.04, 0.08)))
-        kk = (float(rng.uniform(0.9, 1.4)), float(rng.uniform(2.8, 4.2)))
-        n_lobes = 1 if r_main < 70 else int(rng.integers(1, 4))
-        lobes = [
-            _lobe(rng, x, y, r_main, float(rng.uniform(1.0, 1.7)), amp, kk, max(1.5, r_main / 30.0))
-        ]
-        for _k in range(n_lobes - 1):
-            ang = float(rng.uniform(0, 2 * math.pi))
-            rl = r_main * float(rng.uniform(0.45, 0.75))
-            dist = r_main * float(rng.uniform(0.6, 0.95))
-            lobes.append(
-                _lobe(
-                    rng,
-                    x + dist * math.cos(ang),
-                    y + dist * math.sin(ang),
-                    rl,
-                    float(rng.uniform(1.0, 1.5)),
-                    amp,
-                    kk,
-                    max(1.5, rl / 30.0),
-                )
-            )
-        ext = _gland_extent(lobes, x, y)
-        gap = float(rng.uniform(12.0, 50.0))
-        if not placer.free(x, y, ext, gap) or not _disc_in_core(vtab, core, x, y, ext + 15.0):
+        rm = float(r_main[k])
+        x, y = _core_uv_to_xy(core, float(us[k]), float(vs[k]))
+        amp = (float(amps[k, 0]), float(amps[k, 1]))
+        grow = 1.0 + amp[0] + amp[1]
+        ext = rm * grow * float(aspect[k])
+        extra = []
+        for j in range(int(n_lobes[k]) - 1):
+            lx = x + float(l_dist[k, j]) * math.cos(l_ang[k, j])
+            ly = y + float(l_dist[k, j]) * math.sin(l_ang[k, j])
+            extra.append((lx, ly, float(l_r[k, j]), float(l_asp[k, j])))
+            ext = max(ext, float(l_dist[k, j]) + float(l_r[k, j]) * grow * float(l_asp[k, j]))
+        if not placer.free(x, y, ext, float(gaps[k])) or not _disc_in_core(
+            vtab, core, x, y, ext + 15.0
+        ):
+            misses += 1
             continue
-        placer.add(x, y, ext)
+        misses = 0
+        kk = (float(ks[k, 0]), float(ks[k, 1]))
+        lobes = [_lobe(rng, x, y, rm, float(aspect[k]), amp, kk, max(1.5, rm / 30.0))]
+        for lx, ly, rl, asp in extra:
+            lobes.append(_lobe(rng, lx, ly, rl, asp, amp, kk, max(1.5, rl / 30.0)))
+        placer.add(x, y, ext, lobes)
         t_epi = float(rng.uniform(13.0, 20.0))
         ca = (0.0, 0.0, 0.0)
-        lumen_r = r_main * (1.0 - amp[0] - amp[1]) - t_epi - 0.45 * r_main
+        lumen_r = rm * (1.0 - amp[0] - amp[1]) - t_epi - 0.45 * rm
         if lumen_r > 12.0 and rng.uniform() < 0.3:
             ca = (x, y, float(rng.uniform(8.0, min(26.0, lumen_r))))
-        pap_um = min(45.0, float(rng.uniform(0.2, 0.4)) * r_main)
+        pap_um = min(45.0, float(rng.uniform(0.2, 0.4)) * rm)
         glands.append(
             _Gland(
                 gid=len(glands),
@@ -930,7 +995,7 @@ def _place_benign(
                 bbox=_gland_bbox(lobes),
             )
         )
-        covered += math.pi * r_main**2 * (1.0 + 0.3 * (n_lobes - 1))
+        covered += math.pi * rm**2 * (1.0 + 0.3 * (len(lobes) - 1))
 
 
 def _scene_params(spec: SynthSpec) -> _SceneParams:
@@ -953,9 +1018,12 @@ def _build_scene(prm: _SceneParams) -> _Scene:
     glands: list[_Gland] = []
     tables = _Tables()
     for core in cores:
-        placer = _Placer()
-        _place_benign(rng, vtab, core, prm, placer, glands, tables)
+        placer = _Placer(core.bbox)
+        # a third of the benign glands first (so small cores keep some), then the
+        # tumour foci, then the rest of the benign glands around them
+        _place_benign(rng, vtab, core, prm, placer, glands, tables, 1.0 / 3.0)
         _place_tumour(rng, vtab, core, prm, placer, glands, tables)
+        _place_benign(rng, vtab, core, prm, placer, glands, tables, 2.0 / 3.0)
     bins: dict[tuple[int, int], list[int]] = {}
     for g in glands:
         bx0, by0 = int(g.bbox[0] // _BIN_UM), int(g.bbox[1] // _BIN_UM)

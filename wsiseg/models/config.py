@@ -30,7 +30,9 @@ class ModelConfig:
     ``sample_px`` square samples of it, so the pixel budget is
     ``(sample_px / region_px) ** 2``. The saliency net sees a ``saliency_input_px``
     view and predicts a ``saliency_grid_px`` density; the Gaussian radius is
-    ``radius_cells`` saliency cells.
+    ``radius_cells`` saliency cells. The tiled model trains on ``tile_train_px`` windows
+    at full resolution and predicts with ``tile_infer_px`` windows overlapping by
+    ``tile_overlap_px`` (it is fully convolutional).
     """
 
     sampler: Literal["learned", "uniform", "tiled"] = "learned"
@@ -45,6 +47,8 @@ class ModelConfig:
     radius_cells: int = 4
     uniform_floor: float = 0.1
     tile_overlap_px: int = 32
+    tile_infer_px: int = 512
+    tile_train_px: int = 128
     mean: tuple[float, float, float] = (0.78, 0.62, 0.75)
     std: tuple[float, float, float] = (0.15, 0.18, 0.13)
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -55,12 +59,12 @@ class ModelConfig:
         for name in ("region_px", "sample_px", "saliency_input_px", "saliency_grid_px"):
             if int(getattr(self, name)) < 2:
                 raise InputError(f"{name} must be >= 2")
-        if self.sample_px > self.region_px:
-            raise InputError("sample_px must not exceed region_px")
+        if max(self.sample_px, self.tile_train_px) > self.region_px:
+            raise InputError("sample_px and tile_train_px must not exceed region_px")
         if not 0.05 <= self.task_mpp <= 20:
             raise InputError(f"task_mpp {self.task_mpp} is not a plausible pixel size")
-        if self.sampler == "tiled" and self.tile_overlap_px * 2 >= self.sample_px:
-            raise InputError("tile_overlap_px must be less than half of sample_px")
+        if self.tile_overlap_px * 2 >= self.tile_infer_px:
+            raise InputError("tile_overlap_px must be less than half of tile_infer_px")
 
     @property
     def num_classes(self) -> int:

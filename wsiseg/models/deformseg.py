@@ -186,7 +186,7 @@ class DeformSeg(nn.Module):
     def _predict_tiled(self, source: SampleSource, out_hw: tuple[int, int]) -> Tensor:
         cfg = self.config
         rh, rw = source.region_hw
-        win = cfg.sample_px
+        win = min(cfg.tile_infer_px, rh, rw)
         batch = source.batch
         acc = torch.zeros(batch, cfg.num_classes, rh, rw, device=self.device)
         weight = torch.zeros(1, 1, rh, rw, device=self.device)
@@ -199,7 +199,7 @@ class DeformSeg(nn.Module):
         w2d = (ramp[:, None] * ramp[None, :]).to(acc.device)
         for y in tile_windows(rh, win, ov):
             for x in tile_windows(rw, win, ov):
-                crop = source.crop(y, x, min(win, rh), min(win, rw))
+                crop = source.crop(y, x, win, win)
                 logits = self.forward_window(crop).float()
                 h, w = logits.shape[-2:]
                 acc[:, :, y : y + h, x : x + w] += logits * w2d[:h, :w]

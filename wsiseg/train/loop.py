@@ -86,7 +86,7 @@ def training_step(
     cfg = model.config
     device = model.device
     if cfg.sampler == "tiled":
-        s = cfg.sample_px
+        s = cfg.tile_train_px
         r = images.shape[-1]
         crops_x, crops_y = [], []
         for i in range(images.shape[0]):

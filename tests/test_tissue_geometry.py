@@ -1,0 +1,65 @@
+"""Tissue detection and mask <-> polygon conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from wsiseg.geometry import mask_to_polygons, polygons_to_mask
+from wsiseg.io import open_slide
+from wsiseg.tissue import TissueParams, detect_tissue, tissue_mask_from_rgb
+from wsiseg.train.datasets import LabelMask
+
+
+def test_polygons_round_trip_with_holes_and_diagonals() -> None:
+    rng = np.random.default_rng(0)
+    m = ndimage.binary_opening(rng.random((120, 160)) > 0.45)
+    m[30:60, 30:60] = True
+    m[40:50, 40:50] = False  # a hole
+    m[0, 0] = m[1, 1] = True  # diagonal contact
+    g = mask_to_polygons(m)
+    assert g.is_valid and g.area == m.sum()
+    assert any(len(p.interiors) for p in g.geoms), "holes must stay holes"
+    np.testing.assert_array_equal(polygons_to_mask(g, m.shape), m)
+    g4 = mask_to_polygons(m, scale=4.0, offset=(10.0, 20.0))
+    assert g4.area == pytest.approx(16 * m.sum())
+    np.testing.assert_array_equal(polygons_to_mask(g4, m.shape, 4.0, (10.0, 20.0)), m)
+
+
+def test_all_tissue_image_is_not_split() -> None:
+    rng = np.random.default_rng(1)
+    pink = np.empty((200, 200, 3), np.uint8)
+    pink[..., 0] = 220 + rng.integers(-10, 10, (200, 200))
+    pink[..., 1] = 120 + rng.integers(-30, 30, (200, 200))  # strong texture: Otsu would split it
+    pink[..., 2] = 180 + rng.integers(-10, 10, (200, 200))
+    mask, _ = tissue_mask_from_rgb(pink, 8.0)
+    assert mask.mean() > 0.99
+
+
+def test_blank_glass_has_no_tissue() -> None:
+    rng = np.random.default_rng(2)
+    glass = (240 + rng.integers(-3, 4, (150, 150, 3))).astype(np.uint8)
+    mask, _ = tissue_mask_from_rgb(glass, 8.0)
+    assert not mask.any()
+
+
+def test_detects_tissue_of_synthetic_slide(small_synthetic) -> None:
+    with open_slide(small_synthetic.image) as r:
+        tm = detect_tissue(r, TissueParams(thumb_mpp=8.0))
+    labels = LabelMask(small_synthetic.mask)
+    level = len(labels.level_sizes) - 1
+    w, h = labels.level_sizes[level]
+    truth = labels.read(level, 0, 0, w, h) > 0
+    truth_scale = 3072 / w
+    pred = polygons_to_mask(tm.polygons, (h, w), scale=truth_scale)
+    inter, union = (pred & truth).sum(), (pred | truth).sum()
+    assert inter / union > 0.85
+    minx, miny, maxx, maxy = tm.polygons.bounds
+    assert 0 <= minx and 0 <= miny and maxx <= 3072 and maxy <= 2048
+
+
+def test_real_slide_has_tissue(shared_data) -> None:
+    with open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as r:
+        tm = detect_tissue(r)
+    assert 0.1 < tm.fraction < 0.9

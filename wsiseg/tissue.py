@@ -1,0 +1,92 @@
+"""Tissue detection on a thumbnail: Otsu on saturation with a floor, morphology, polygons.
+
+The floor keeps an image that is tissue everywhere in one piece (Otsu alone would
+split it in two); a minimum object area and hole filling remove dust and lumina.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from shapely.geometry import MultiPolygon
+from skimage import color, filters, morphology
+
+from wsiseg.geometry import mask_to_polygons
+from wsiseg.io.reader import SlideReader
+
+__all__ = ["TissueParams", "TissueMask", "tissue_mask_from_rgb", "detect_tissue"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TissueParams:
+    """Settings of tissue detection (sizes in µm so they hold at any thumbnail scale)."""
+
+    thumb_mpp: float = 8.0
+    saturation_floor: float = 0.07  # glass is below this whatever Otsu says
+    background_max: float = 0.06  # Otsu's lower class must look like glass to be trusted
+    min_object_um2: float = 20_000.0  # about a 140 µm square
+    max_hole_um2: float = 40_000.0
+    closing_um: float = 24.0
+
+
+@dataclass
+class TissueMask:
+    """Tissue on the thumbnail grid, and as polygons in level-0 pixels."""
+
+    mask: np.ndarray  # bool [h, w] at thumb_mpp
+    downsample: float  # level-0 pixels per thumbnail pixel
+    polygons: MultiPolygon  # level-0 pixel coordinates
+    threshold: float
+
+    @property
+    def fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    @property
+    def area_level0_px(self) -> float:
+        return float(self.mask.sum()) * self.downsample**2
+
+
+def tissue_mask_from_rgb(
+    rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams()
+) -> tuple[np.ndarray, float]:
+    """Boolean tissue mask of an RGB thumbnail at ``mpp`` µm/px, and the threshold used."""
+    sat = color.rgb2hsv(rgb)[..., 1]
+    # Near-black pixels (pen, scanner borders) have high saturation noise: not tissue.
+    dark = rgb.max(axis=-1) < 40
+    values = sat[~dark]
+    thr = params.saturation_floor
+    if values.size and values.max() > values.min():
+        otsu = float(filters.threshold_otsu(values))
+        low = values[values <= otsu]
+        if low.size and float(low.mean()) <= params.background_max:
+            thr = max(otsu, params.saturation_floor)
+    mask = (sat > thr) & ~dark
+    px_area = mpp * mpp
+    radius = max(1, round(params.closing_um / mpp / 2))
+    mask = morphology.closing(mask, morphology.disk(radius))
+    mask = morphology.remove_small_holes(
+        mask, max_size=max(1, round(params.max_hole_um2 / px_area))
+    )
+    mask = morphology.remove_small_objects(
+        mask, max_size=max(1, round(params.min_object_um2 / px_area))
+    )
+    return mask, thr
+
+
+def detect_tissue(reader: SlideReader, params: TissueParams = TissueParams()) -> TissueMask:
+    """Find tissue on a thumbnail of ``reader`` at ``params.thumb_mpp``."""
+    mpp0 = reader.mpp[0]
+    thumb = reader.thumbnail(params.thumb_mpp)
+    w0 = reader.level_dimensions[0][0]
+    downsample = w0 / thumb.shape[1]
+    mask, thr = tissue_mask_from_rgb(thumb, mpp0 * downsample, params)
+    polys = mask_to_polygons(mask, scale=downsample)
+    log.info(
+        "%s: tissue %.1f%% of the slide (threshold %.3f)", reader.path.name, 100 * mask.mean(), thr
+    )
+    return TissueMask(mask=mask, downsample=downsample, polygons=polys, threshold=thr)
