@@ -41,6 +41,12 @@ rounded floating-point operations, so labels are bit-identical between any
 two tilings; images agree too (exactly in practice; nucleus orientations use
 ``sin``/``cos``, whose last bit numpy does not promise).
 
+Cost: the scene (object lists, binned in 256 µm cells) is built once per
+process and spec and cached (well under a second for an 8192 x 6144 slide,
+about 10 s for 60k x 60k); rendering then costs the same per pixel whatever
+the slide size: glass is a slice of a precomputed periodic texture, tissue
+is vectorised numpy over the objects that touch the block.
+
 Files written by :func:`write_synthetic_slide`:
 
 * ``NAME.tiff``: tiled pyramidal TIFF in the layout OpenSlide's generic-TIFF

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 _MAX_WALK = 8
 #: Largest move, in quads per axis, of one walk step.
 _MAX_STEP = 2
+#: Half-width, in quads, of the final neighbourhood search for unsettled pixels.
+_SEARCH = 2
 #: Tolerance on the local coordinates for "inside the quad".
 _TOL = 1e-4
 #: Squared residual (normalised units) below which a Newton step counts as settled.
@@ -181,9 +183,10 @@ def _walk(
     One Newton step in the guess's quad settles almost every pixel (the guess is exact
     on grid rows and close between them). The rest are solved in closed form in that
     quad and, when the solution lies outside it, walk to the neighbouring quad it
-    points to (up to ``_MAX_STEP`` quads per axis) and retry. A solution replaces the
-    estimate only if its residual is smaller, so degenerate quads (samples piled up on
-    a clamped border) or folds never make the guess worse. Outside the hull the walk
+    points to (up to ``_MAX_STEP`` quads per axis) and retry; pixels still unsettled
+    then try every quad within ``_SEARCH`` quads. A solution replaces the estimate
+    only if its residual is smaller, so degenerate quads (samples piled up on a
+    clamped border) or folds never make the guess worse. Outside the hull the walk
     stops at the border and the local coordinates are clamped.
     """
     h, w = shape
@@ -226,12 +229,34 @@ def _walk(
         j[upd] = j0[better].to(j.dtype) + tc[better]
         best[upd] = res[better]
         inside = (s >= -_TOL) & (s <= 1.0 + _TOL) & (t >= -_TOL) & (t <= 1.0 + _TOL)
+        inside &= res <= _RES_TOL
         step_i = torch.nan_to_num(s.floor(), nan=0.0).clamp_(-_MAX_STEP, _MAX_STEP).long()
         step_j = torch.nan_to_num(t.floor(), nan=0.0).clamp_(-_MAX_STEP, _MAX_STEP).long()
         ni0 = (i0 + step_i).clamp_(0, h - 2)
         nj0 = (j0 + step_j).clamp_(0, w - 2)
         keep = torch.nonzero(~inside & ((ni0 != i0) | (nj0 != j0))).flatten()
         active, i0, j0 = active[keep], ni0[keep], nj0[keep]
+
+    # Last resort for the few pixels still off (a root of a strongly distorted quad can
+    # land inside it without solving the equation): try every quad nearby.
+    left = torch.nonzero(best > _RES_TOL).flatten()
+    if left.numel() > 0:
+        ci = i[left].floor().long()
+        cj = j[left].floor().long()
+        pxa, pya = px[left], py[left]
+        for di in range(-_SEARCH, _SEARCH + 1):
+            for dj in range(-_SEARCH, _SEARCH + 1):
+                qi = (ci + di).clamp_(0, h - 2)
+                qj = (cj + dj).clamp_(0, w - 2)
+                quad = _quads(table, offset[left] + qi * (w - 1) + qj)
+                s, t = _solve(quad, pxa, pya)
+                sc, tc = s.clamp(0.0, 1.0), t.clamp(0.0, 1.0)
+                res = _residual(quad, pxa, pya, sc, tc)
+                better = res < best[left]
+                upd = left[better]
+                i[upd] = qi[better].to(i.dtype) + sc[better]
+                j[upd] = qj[better].to(j.dtype) + tc[better]
+                best[upd] = res[better]
     return i, j
 
 
