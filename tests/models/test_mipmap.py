@@ -32,7 +32,9 @@ def _smooth_density(batch: int, hw: tuple[int, int], temperature: float, seed: i
 def _ramp(batch: int, hw: tuple[int, int]) -> torch.Tensor:
     """Channels: x, y and x + 2y in pixels (linear functions survive area averaging)."""
     yy, xx = torch.meshgrid(
-        torch.arange(hw[0], dtype=torch.float32), torch.arange(hw[1], dtype=torch.float32), indexing="ij"
+        torch.arange(hw[0], dtype=torch.float32),
+        torch.arange(hw[1], dtype=torch.float32),
+        indexing="ij",
     )
     return torch.stack([xx, yy, xx + 2 * yy]).unsqueeze(0).repeat(batch, 1, 1, 1)
 
@@ -74,9 +76,9 @@ def test_prefilter_sigma() -> None:
     assert prefilter_sigma(spacing, 1.0).tolist() == pytest.approx(
         [0.0, 0.0, 0.5 * math.sqrt(3), 0.5 * math.sqrt(15), 4.0]  # capped at 4
     )
-    assert prefilter_sigma(spacing, torch.tensor([1.0, 1.0, 2.0, 4.0, 4.5])).tolist() == pytest.approx(
-        [0.0, 0.0, 0.0, 0.0, 0.5 * math.sqrt(3)]
-    )
+    assert prefilter_sigma(
+        spacing, torch.tensor([1.0, 1.0, 2.0, 4.0, 4.5])
+    ).tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.5 * math.sqrt(3)])
 
 
 def test_level_coordinates_pixel_centres() -> None:
@@ -218,7 +220,9 @@ def test_sample_labels_never_invents_a_class(seed: int, n: int) -> None:
     assert out.shape == (2, n, n) and out.dtype == labels.dtype
     assert set(out.unique().tolist()) <= set(labels.unique().tolist())
     # agrees with nearest grid_sample wherever no pixel tie is involved
-    ref = F.grid_sample(labels.unsqueeze(1).double(), grid.double(), mode="nearest", align_corners=True)
+    ref = F.grid_sample(
+        labels.unsqueeze(1).double(), grid.double(), mode="nearest", align_corners=True
+    )
     x0 = (grid[..., 0].double() + 1) / 2 * 22
     y0 = (grid[..., 1].double() + 1) / 2 * 36
     clear = ((x0 - x0.floor() - 0.5).abs() > 1e-3) & ((y0 - y0.floor() - 0.5).abs() > 1e-3)

@@ -43,7 +43,6 @@ def _assert_monotone(grid: torch.Tensor, tol: float = 1e-6) -> None:
 def test_gaussian_kernel_fwhm_and_taps(radius: int) -> None:
     k = gaussian_kernel_1d(radius).double()
     assert k.shape == (2 * radius + 1,)
-    assert k.dtype == torch.float64 or True
     assert math.isclose(float(k.sum()), 1.0, rel_tol=1e-6)
     assert torch.allclose(k, k.flip(0))
     centre = float(k[radius])
@@ -117,8 +116,11 @@ def test_unnormalised_and_zero_density_are_handled() -> None:
     a = saliency_to_grid(density, (32, 32), 3)
     b = saliency_to_grid(density * 123.0, (32, 32), 3)
     assert torch.allclose(a, b, atol=1e-6)
-    zero = saliency_to_grid(torch.zeros(1, 1, 16, 16), (32, 32), 3)
-    assert float((zero - identity_grid((32, 32))).abs().max()) < 1e-6
+    zeros = torch.zeros(1, 1, 16, 16, requires_grad=True)
+    zero = saliency_to_grid(zeros, (32, 32), 3)
+    assert float((zero.detach() - identity_grid((32, 32))).abs().max()) < 1e-6
+    zero.sum().backward()
+    assert zeros.grad is not None and bool(torch.isfinite(zeros.grad).all())
 
 
 def test_full_floor_ignores_saliency() -> None:
@@ -192,7 +194,7 @@ def test_random_saliency_grid_is_bounded_monotone_and_covers(
         assert bool((grid[:, 0, :, 1] == -1).all()) and bool((grid[:, -1, :, 1] == 1).all())
     region = (3 * sal_h, 3 * sal_w)
     bound = coverage_bound_px((sal_h, sal_w), out_hw, region, radius)
-    assert coverage_distance(grid, region) <= bound + 1e-6
+    assert coverage_distance(grid, region) <= bound + 1e-3  # float32 positions; r = 0 is tight
 
 
 def test_peaked_saliency_concentrates_samples() -> None:
@@ -232,7 +234,12 @@ def test_one_hot_saliency_coverage_bound(radius: int) -> None:
 
 def test_one_hot_without_floor_stays_finite_and_bounded() -> None:
     sal_hw, out_hw, region = (12, 12), (36, 36), (45, 45)
-    grid = saliency_to_grid(_one_hot_batch(sal_hw), out_hw, 3, uniform_floor=0.0)
+    logits = (100.0 * _one_hot_batch(sal_hw)).requires_grad_(True)  # softmax underflows
+    density = torch.softmax(logits.flatten(1), dim=1).view_as(logits)
+    grid = saliency_to_grid(density, out_hw, 3, uniform_floor=0.0)
+    (grid * torch.randn_like(grid)).sum().backward()
+    assert logits.grad is not None and bool(torch.isfinite(logits.grad).all())
+    grid = grid.detach()
     assert bool(torch.isfinite(grid).all())
     _assert_monotone(grid)
     assert coverage_distance(grid, region) <= coverage_bound_px(sal_hw, out_hw, region, 3)

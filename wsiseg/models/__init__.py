@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wsiseg.models.backproject import backproject, invert_grid
+from wsiseg.models.backproject import invert_grid
 from wsiseg.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from wsiseg.models.config import DEFAULT_CLASSES, SAMPLERS, ModelConfig
 from wsiseg.models.deformseg import DeformSeg, MemorySource, SampleSource
@@ -21,7 +21,6 @@ __all__ = [
     "ModelConfig",
     "SaliencyNet",
     "SampleSource",
-    "backproject",
     "build_mipmap",
     "build_segmenter",
     "identity_grid",

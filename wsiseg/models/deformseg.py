@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from wsiseg.models.backproject import backproject
 from wsiseg.models.config import ModelConfig
-from wsiseg.models.mipmap import build_mipmap, sample_image
+from wsiseg.models.mipmap import build_mipmap, mipmap_downsamples, sample_image
 from wsiseg.models.saliency import SaliencyNet
 from wsiseg.models.sampling import identity_grid, saliency_to_grid
 from wsiseg.models.segmenters import build_segmenter
@@ -76,8 +76,7 @@ class MemorySource:
 
     @property
     def downsamples(self) -> list[float]:
-        h = self.region_hw[0]
-        return [h / m.shape[2] for m in self.mipmap]
+        return mipmap_downsamples(self.mipmap, self._factor)
 
     def view(self, size_hw: tuple[int, int]) -> Tensor:
         grid = identity_grid(size_hw, batch=self.images.shape[0], device=self.images.device)

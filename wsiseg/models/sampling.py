@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_UNIFORM_FLOOR: float = 0.1
 
 _FWHM_TO_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.3548
+#: Kernel-window mass treated as empty (keeps 1/den^2 in gradients finite in float32).
+_EMPTY_MASS = 1e-30
 
 
 @contextlib.contextmanager
@@ -159,9 +161,8 @@ def saliency_to_grid(
     with no_autocast(device):
         d = saliency.float().clamp_min(0.0)
         total = d.sum(dim=(2, 3), keepdim=True)
-        d = torch.where(
-            total > 0, d / total.clamp_min(torch.finfo(torch.float32).tiny), 1.0 / (h * w)
-        )
+        # Safe denominators (not clamps): a masked-out 0/0 would still poison gradients.
+        d = torch.where(total > 0, d / torch.where(total > 0, total, 1.0), 1.0 / (h * w))
         if uniform_floor > 0.0:
             d = (1.0 - uniform_floor) * d + uniform_floor / (h * w)
 
@@ -176,10 +177,10 @@ def saliency_to_grid(
         ky = k.view(1, 1, -1, 1).expand(3, 1, -1, 1)
         # Separable "valid" correlation: O(r) per point instead of O(r^2).
         smoothed = F.conv2d(F.conv2d(stacked, kx, groups=3), ky, groups=3)  # [B, 3, h, w]
-        tiny = torch.finfo(torch.float32).tiny
         den = smoothed[:, :1]
-        empty = den <= tiny  # only possible with uniform_floor == 0: keep the home position
-        den = den.clamp_min(tiny)
+        # Windows without mass (only possible with uniform_floor == 0) keep their home.
+        empty = den <= _EMPTY_MASS
+        den = torch.where(empty, 1.0, den)
         u = torch.where(empty, px[..., r : r + w], smoothed[:, 1:2] / den)
         v = torch.where(empty, py[..., r : r + h, :], smoothed[:, 2:3] / den)
         coarse = torch.cat([u, v], dim=1).mul(2.0).sub(1.0).clamp(-1.0, 1.0)  # [B, 2, h, w]
