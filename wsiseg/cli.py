@@ -32,6 +32,13 @@ def _setup_logging(verbose: int) -> None:
     # tifffile logs every malformed IFD it meets; our own error line says it once.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
     if verbose < 2:
+        # dask resets its loggers' levels when clusters close; filter at the handler.
+        quiet = ("distributed", "dask", "tornado", "asyncio")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(
+                lambda r: r.levelno >= logging.ERROR or not r.name.startswith(quiet)
+            )
+    if verbose < 2:
         warnings.filterwarnings("ignore", module="tiffslide")
 
 
@@ -404,6 +411,103 @@ def evaluate(
     with atomic_path(out / "eval.md", overwrite=True) as tmp:
         tmp.write_text(md)
     click.echo(md)
+
+
+# --------------------------------------------------------------------------- segment
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif",
+                  ".svslide", ".dcm")
+
+
+def _expand_slides(inputs: tuple[Path, ...]) -> list[Path]:
+    """Files as given; folders expanded to the slides in them (label masks skipped)."""
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir() and not any(c.suffix.lower() == ".dcm" for c in p.iterdir()):
+            for child in sorted(p.iterdir()):
+                low = child.name.lower()
+                if child.name.startswith("."):
+                    continue
+                if low.endswith(("_mask.tiff", "_mask.tif")):
+                    continue
+                if child.is_file() and child.suffix.lower() in SLIDE_SUFFIXES:
+                    out.append(child)
+                elif child.is_dir() and any(c.suffix.lower() == ".dcm" for c in child.iterdir()):
+                    out.append(child)
+        else:
+            out.append(p)
+    return out
+
+
+@cli.command()
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--model", default="default", show_default=True, help="'default' or a checkpoint.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--workers", type=int, default=None, help="Local worker processes (default: cores).")
+@click.option("--cluster", default="local", show_default=True, help="'local' or tcp://host:port.")
+@click.option("--mpp", type=float, default=None, help="Pixel size (µm/px) where metadata lacks one.")
+@click.option("--backend", type=BACKEND_CHOICE, default="auto", show_default=True)
+@click.option("--roi", type=click.Path(path_type=Path), default=None, help="GeoJSON of regions to segment.")
+@click.option("--shard", default=None, help="i/N: take every N-th slide from the i-th (sbatch --array).")
+@click.option("--output-mpp", type=float, default=None, help="Label output µm/px (default 4x the model's).")
+@click.option("--overwrite", is_flag=True, help="Replace outputs of another model or settings.")
+def segment(
+    slides: tuple[Path, ...], out: Path, model: str, device: str, workers: int | None,
+    cluster: str, mpp: float | None, backend: str, roi: Path | None, shard: str | None,
+    output_mpp: float | None, overwrite: bool,
+) -> None:
+    """Segment slides (files or folders) into masks, QuPath GeoJSON and summaries."""
+    from tqdm import tqdm
+
+    from wsiseg.io.fileops import atomic_path
+    from wsiseg.models.loading import resolve_device
+    from wsiseg.pipeline.cluster import open_client
+    from wsiseg.pipeline.config import SegmentConfig
+    from wsiseg.pipeline.roi import load_roi
+    from wsiseg.pipeline.run import model_info, segment_slide
+    from wsiseg.tiling import parse_shard, take_shard
+
+    shard_ix = parse_shard(shard)
+    paths = [Path(p) for p in take_shard([str(p) for p in _expand_slides(slides)], shard_ix)]
+    if not paths:
+        raise WsisegError("no slides found in the given paths")
+    info = model_info(model)
+    resolve_device(device)
+    roi_geom = load_roi(roi) if roi is not None else None
+    config = SegmentConfig(output_mpp=output_mpp, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes = []
+    with open_client(cluster, workers) as client:
+        slide_bar = tqdm(paths, desc="slides", unit="slide", file=sys.stderr)
+        for path in slide_bar:
+            slide_bar.set_postfix_str(path.name)
+            bar = tqdm(desc=f"  {path.name}", unit="region", file=sys.stderr, leave=False)
+
+            def tick(done: int, total: int, bar: Any = bar) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            outcome = segment_slide(path, out, info, config, client, backend=backend, mpp=mpp,
+                                    roi=roi_geom, overwrite=overwrite, on_region=tick)
+            bar.close()
+            outcomes.append(outcome)
+            if outcome.status == "failed":
+                _fail(f"{path}: {outcome.message}" if str(path) not in outcome.message else outcome.message)
+            elif outcome.status == "no tissue":
+                log.warning("%s: no tissue found; nothing written", path)
+    run = {
+        "model": str(info.path), "model_sha256": info.sha256, "model_config": info.config.to_dict(),
+        "segment_config": config.to_dict(), "cluster": cluster, "workers": workers,
+        "slides": [{"slide": o.slide, "status": o.status, "message": o.message,
+                    "out": str(o.out_dir) if o.out_dir else None} for o in outcomes],
+    }
+    with atomic_path(out / "run.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(run, indent=2) + "\n")
+    for o in outcomes:
+        click.echo(f"{o.status:>9}  {o.slide}" + (f"  -> {o.out_dir}" if o.out_dir else f"  ({o.message})"))
+    if any(o.status == "failed" for o in outcomes):
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

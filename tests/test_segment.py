@@ -1,0 +1,135 @@
+"""`wsiseg segment` end to end on synthetic and real slides with the bundled model."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from wsiseg.cli import main
+from wsiseg.export.geojson import read_geojson_labels
+from wsiseg.export.ome_tiff import read_label_ome_tiff
+from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
+from wsiseg.train.datasets import LabelMask
+from wsiseg.train.metrics import confusion_matrix, mean_iou
+
+#: mIoU floor of the bundled model on a held-out synthetic slide, at the output
+#: resolution (2 µm/px), against the slide's exact labels.
+MIOU_FLOOR = 0.6
+
+
+def run_cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("slides")
+    for seed in (901, 902):
+        write_synthetic_slide(folder, f"held-out-{seed}", SynthSpec(width_px=4096, height_px=3072, seed=seed))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_worker(slides: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("out1")
+    assert run_cli(["segment", str(slides), "-o", str(out), "--workers", "1", "--device", "cpu"]) == 0
+    return out
+
+
+def _truth_at(mask: Path, shape: tuple[int, int]) -> np.ndarray:
+    lm = LabelMask(mask)
+    w0, h0 = lm.level_sizes[0]
+    full = lm.read(0, 0, 0, w0, h0)
+    ys = np.minimum(((np.arange(shape[0]) + 0.5) * h0 / shape[0]).astype(int), h0 - 1)
+    xs = np.minimum(((np.arange(shape[1]) + 0.5) * w0 / shape[1]).astype(int), w0 - 1)
+    return full[ys[:, None], xs[None, :]]
+
+
+def test_outputs_and_accuracy(one_worker: Path, slides: Path) -> None:
+    run = json.loads((one_worker / "run.json").read_text())
+    assert [s["status"] for s in run["slides"]] == ["done", "done"]
+    out = one_worker / "held-out-901"
+    for name in ("mask.ome.tif", "annotations.geojson", "summary.json", "overlay.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*")), "no temporary files may remain"
+    pred = read_label_ome_tiff(out / "mask.ome.tif")
+    truth = _truth_at(slides / "held-out-901_mask.tiff", pred.shape)
+    miou = mean_iou(confusion_matrix(pred, truth, 4))
+    assert miou >= MIOU_FLOOR, miou
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["regions"] > 0 and summary["pixels_decoded"] > 0
+    assert 0 < summary["pixels_decoded_per_tissue_pixel"] < 1
+    assert set(summary["classes"]) == {"Background", "Stroma", "Benign gland", "Tumor"}
+    assert summary["classes"]["Stroma"]["area_mm2"] > 0
+    with tifffile.TiffFile(out / "mask.ome.tif") as tf:
+        assert tf.is_ome and len(tf.series[0].levels) >= 2
+    # The GeoJSON rasterises back to the mask (up to simplification and specks).
+    back = read_geojson_labels(out / "annotations.geojson", pred.shape, 4.0, summary_names(summary))
+    assert (back == pred).mean() > 0.97
+
+
+def summary_names(summary: dict) -> list[str]:
+    return list(summary["classes"])
+
+
+def test_two_workers_identical(one_worker: Path, slides: Path, tmp_path: Path) -> None:
+    out2 = tmp_path / "out2"
+    assert run_cli(["segment", str(slides), "-o", str(out2), "--workers", "2", "--device", "cpu"]) == 0
+    for name in ("held-out-901", "held-out-902"):
+        a = read_label_ome_tiff(one_worker / name / "mask.ome.tif")
+        b = read_label_ome_tiff(out2 / name / "mask.ome.tif")
+        np.testing.assert_array_equal(a, b)
+        ga = json.loads((one_worker / name / "annotations.geojson").read_text())
+        gb = json.loads((out2 / name / "annotations.geojson").read_text())
+        assert ga == gb
+
+
+def test_resume_skips_and_settings_change_is_refused(one_worker: Path, slides: Path, capsys) -> None:
+    stamp = (one_worker / "held-out-901" / "summary.json").stat().st_mtime_ns
+    assert run_cli(["segment", str(slides), "-o", str(one_worker), "--workers", "1"]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert (one_worker / "held-out-901" / "summary.json").stat().st_mtime_ns == stamp
+    code = run_cli(["segment", str(slides / "held-out-901.tiff"), "-o", str(one_worker),
+                    "--workers", "1", "--output-mpp", "4.0"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--overwrite" in err
+    assert (one_worker / "held-out-901" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_batch_goes_on_past_broken_slides(slides: Path, tmp_path: Path, shared_data: Path, capsys) -> None:
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copy(slides / "held-out-902.tiff", batch / "good.tiff")
+    for name in ("broken.svs", "empty.svs", "truncated-CMU-1-Small-Region.svs"):
+        shutil.copy(shared_data / "broken" / name, batch / name)
+    out = tmp_path / "out"
+    code = run_cli(["segment", str(batch), "-o", str(out), "--workers", "1"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.count("error:") == 3
+    run = json.loads((out / "run.json").read_text())
+    status = {Path(s["slide"]).name: s["status"] for s in run["slides"]}
+    assert status == {"good.tiff": "done", "broken.svs": "failed", "empty.svs": "failed",
+                      "truncated-CMU-1-Small-Region.svs": "failed"}
+    assert (out / "good" / "summary.json").is_file()
+
+
+def test_real_slide_end_to_end(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "real"
+    slide = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    assert run_cli(["segment", str(slide), "-o", str(out), "--workers", "1"]) == 0
+    summary = json.loads((out / "CMU-1-Small-Region" / "summary.json").read_text())
+    assert summary["slide_mpp"] == pytest.approx(0.499)
+    mask = read_label_ome_tiff(out / "CMU-1-Small-Region" / "mask.ome.tif")
+    assert mask.shape == (math.ceil(2967 * 0.499 / 2.0), math.ceil(2220 * 0.499 / 2.0))
+    assert summary["classes"]["Background"]["area_mm2"] > 0

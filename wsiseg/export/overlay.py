@@ -1,0 +1,212 @@
+"""Overlay PNG for quality control: class colours over a thumbnail, optional density panel.
+
+Layout: ``[overlay | density]`` side by side (the density panel only when a
+density map is given), then a legend strip below with a swatch and the name of
+every non-background class (and a colour bar for the density). The density is
+drawn with viridis (a perceptual colormap), interpolated from its 11 standard
+anchor colours, so no plotting library is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from wsiseg.io.fileops import atomic_path
+
+__all__ = ["render_overlay", "viridis", "write_png"]
+
+# viridis at 0, 0.1, ..., 1 (matplotlib's colormap, sampled).
+_VIRIDIS_ANCHORS = np.array(
+    [
+        (0x44, 0x01, 0x54),
+        (0x48, 0x24, 0x75),
+        (0x41, 0x44, 0x87),
+        (0x35, 0x5F, 0x8D),
+        (0x2A, 0x78, 0x8E),
+        (0x21, 0x91, 0x8C),
+        (0x22, 0xA8, 0x84),
+        (0x44, 0xBF, 0x70),
+        (0x7A, 0xD1, 0x51),
+        (0xBD, 0xDF, 0x26),
+        (0xFD, 0xE7, 0x25),
+    ],
+    np.float64,
+)
+_GAP_PX = 4
+_SWATCH_PX = 12
+_LEGEND_ROW_PX = 18
+_WHITE = (255, 255, 255)
+
+
+def viridis(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] (clipped; NaN -> 0) to uint8 RGB with viridis."""
+    v = np.nan_to_num(np.clip(np.asarray(values, np.float64), 0.0, 1.0), nan=0.0)
+    pos = v * (len(_VIRIDIS_ANCHORS) - 1)
+    lo = np.minimum(pos.astype(np.int64), len(_VIRIDIS_ANCHORS) - 2)
+    frac = (pos - lo)[..., None]
+    rgb = _VIRIDIS_ANCHORS[lo] * (1 - frac) + _VIRIDIS_ANCHORS[lo + 1] * frac
+    return np.round(rgb).astype(np.uint8)
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise ValueError(f"thumbnail must be (h, w, 3) RGB, got shape {img.shape}")
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    return img
+
+
+def _nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize (pixel centres) of a 2-D array to ``shape``."""
+    if labels.shape == shape:
+        return labels
+    rows = ((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.int64)
+    cols = ((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.int64)
+    return labels[np.minimum(rows, labels.shape[0] - 1)][:, np.minimum(cols, labels.shape[1] - 1)]
+
+
+def _edges(labels: np.ndarray) -> np.ndarray:
+    """Pixels of a non-zero class with a 4-neighbour of another class."""
+    edge = np.zeros(labels.shape, bool)
+    dy = labels[1:] != labels[:-1]
+    dx = labels[:, 1:] != labels[:, :-1]
+    edge[1:] |= dy
+    edge[:-1] |= dy
+    edge[:, 1:] |= dx
+    edge[:, :-1] |= dx
+    return edge & (labels != 0)
+
+
+def _density_panel(density: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    d = np.asarray(density, np.float32)
+    if d.ndim != 2:
+        raise ValueError(f"density must be 2-D, got shape {d.shape}")
+    if d.shape != shape:
+        d = np.asarray(Image.fromarray(d).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+    finite = d[np.isfinite(d)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    return viridis((d - lo) / (hi - lo) if hi > lo else np.zeros_like(d))
+
+
+def _legend(
+    width: int,
+    names: Sequence[str],
+    colours: np.ndarray,
+    with_density: bool,
+) -> np.ndarray:
+    """A white strip with class swatches and names, wrapped to ``width``."""
+    font = ImageFont.load_default()
+    items: list[tuple[str, np.ndarray | None]] = [
+        (str(n), colours[i]) for i, n in enumerate(names) if i != 0
+    ]
+    if with_density:
+        items.append(("density (low to high)", None))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    placed: list[tuple[int, int, str, np.ndarray | None]] = []
+    x, row = _GAP_PX, 0
+    for text, colour in items:
+        mark = 4 * _SWATCH_PX if colour is None else _SWATCH_PX
+        item_w = mark + 4 + int(probe.textlength(text, font=font)) + 3 * _GAP_PX
+        if x + item_w > width and x > _GAP_PX:
+            x, row = _GAP_PX, row + 1
+        placed.append((x, row, text, colour))
+        x += item_w
+    strip = Image.new("RGB", (width, (row + 1) * _LEGEND_ROW_PX + _GAP_PX), _WHITE)
+    draw = ImageDraw.Draw(strip)
+    for x, row, text, colour in placed:
+        y = _GAP_PX + row * _LEGEND_ROW_PX
+        if colour is None:
+            bar = viridis(np.linspace(0, 1, 4 * _SWATCH_PX))[None].repeat(_SWATCH_PX, axis=0)
+            strip.paste(Image.fromarray(bar), (x, y))
+            mark = 4 * _SWATCH_PX
+        else:
+            fill = (int(colour[0]), int(colour[1]), int(colour[2]))
+            draw.rectangle([x, y, x + _SWATCH_PX - 1, y + _SWATCH_PX - 1], fill=fill, outline=0)
+            mark = _SWATCH_PX
+        draw.text((x + mark + 4, y), text, fill=(0, 0, 0), font=font)
+    return np.asarray(strip)
+
+
+def render_overlay(
+    thumbnail_rgb: np.ndarray,
+    labels_small: np.ndarray,
+    class_colours: Sequence[tuple[int, int, int]],
+    *,
+    alpha: float = 0.45,
+    density: np.ndarray | None = None,
+    legend: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Blend class colours over a thumbnail, outline the classes, add panels.
+
+    Parameters
+    ----------
+    thumbnail_rgb : ndarray, shape (h, w, 3)
+        The slide thumbnail (uint8; grey or RGBA are converted).
+    labels_small : ndarray, shape (h', w')
+        Class ids (0 = background, left as is); resized to (h, w) by nearest
+        neighbour when the shapes differ.
+    class_colours : sequence of (r, g, b)
+        Colour per class id.
+    alpha : float
+        Opacity of the class colour inside regions; outlines are opaque.
+    density : ndarray, shape (h'', w''), optional
+        A float map (e.g. sampling density) shown as a viridis panel right of
+        the overlay, min-max normalised, bilinearly resized to (h, w).
+    legend : sequence of str, optional
+        Class names (index = class id); adds a legend strip below the panels.
+
+    Returns
+    -------
+    ndarray of uint8, shape (H, W, 3)
+        ``W = w`` (or ``2 * w + 4`` with a density panel), ``H = h`` plus the
+        legend strip.
+    """
+    thumb = _as_rgb(thumbnail_rgb)
+    h, w = thumb.shape[:2]
+    colours = np.asarray(class_colours, np.float64).reshape(-1, 3)
+    labels = _nearest(np.asarray(labels_small), (h, w))
+    if labels.size and (int(labels.max()) >= len(colours) or int(labels.min()) < 0):
+        raise ValueError(f"labels up to {int(labels.max())} but {len(colours)} class colours")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    labels = labels.astype(np.intp, copy=False)
+    out = thumb.copy()
+    inside = labels != 0
+    blend = (1 - alpha) * thumb[inside] + alpha * colours[labels[inside]]
+    out[inside] = np.round(blend).astype(np.uint8)
+    edge = _edges(labels)
+    out[edge] = colours[labels[edge]].astype(np.uint8)
+
+    if density is not None:
+        gap = np.full((h, _GAP_PX, 3), 255, np.uint8)
+        out = np.concatenate([out, gap, _density_panel(density, (h, w))], axis=1)
+    if legend is not None:
+        if len(legend) != len(colours):
+            raise ValueError(f"{len(legend)} legend names for {len(colours)} class colours")
+        out = np.concatenate(
+            [out, _legend(out.shape[1], legend, colours, density is not None)], axis=0
+        )
+    return out
+
+
+def write_png(path: str | Path, rgb: np.ndarray, *, overwrite: bool = False) -> Path:
+    """Write an RGB uint8 image as PNG, atomically.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    img = Image.fromarray(_as_rgb(rgb))
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        img.save(tmp, format="PNG", optimize=False)
+    return path

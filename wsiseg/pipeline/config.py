@@ -1,0 +1,38 @@
+"""`SegmentConfig`: settings of a `wsiseg segment` run (written beside its outputs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SegmentConfig"]
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """How slides are segmented; the model's own geometry comes from its checkpoint.
+
+    ``output_mpp`` is the pixel size of the label outputs (default: 4x the model's
+    ``task_mpp``); ``margin_px`` is the context margin at ``task_mpp`` around each
+    region's core; ``min_area_um2`` drops smaller specks from the GeoJSON.
+    """
+
+    output_mpp: float | None = None
+    margin_px: int = 64
+    batch_regions: int = 4
+    thumb_mpp: float = 8.0
+    min_area_um2: float = 100.0
+    device: str = "auto"
+    threads_per_worker: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def output_hash(self) -> str:
+        """Hash of the settings that change the outputs (not device or parallelism)."""
+        keys = ("output_mpp", "margin_px", "thumb_mpp", "min_area_um2", "batch_regions")
+        text = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
