@@ -26,7 +26,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 unit: setup
-	$(BIN)/pytest
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/pytest
 
 test: lint typecheck unit
 

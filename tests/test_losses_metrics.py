@@ -56,7 +56,7 @@ def test_edge_loss_is_scale_free_and_has_gradients() -> None:
     target[0, 0, 3, 3] = 5.0
     loss = edge_loss(dens, target / target.mean())
     loss.backward()
-    assert float(loss) > 0 and logits.grad is not None and logits.grad.abs().sum() > 0
+    assert float(loss.detach()) > 0 and logits.grad is not None and logits.grad.abs().sum() > 0
 
 
 def test_segmentation_loss_ignores_padding() -> None:

@@ -159,12 +159,17 @@ class DeformSeg(nn.Module):
             raise RuntimeError("the tiled model segments windows: use forward_window/predict")
         grid, density = self.compute_grid(source)
         samples = source.sample(grid).to(self.device)
-        logits = self.segmenter(self.normalise(samples))
+        logits = self._segment(self.normalise(samples))
         return ForwardOut(logits=logits, grid=grid, density=density)
+
+    def _segment(self, x: Tensor) -> Tensor:
+        # bf16 autocast on CUDA (grids and back-projection stay float32 regardless).
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return self.segmenter(x)
 
     def forward_window(self, window: Tensor) -> Tensor:
         """Logits of a full-resolution window (the tiled model)."""
-        return self.segmenter(self.normalise(window.to(self.device)))
+        return self._segment(self.normalise(window.to(self.device)))
 
     @torch.no_grad()
     def predict(
