@@ -16,8 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from wsiseg.cli import main as wsiseg
 from wsiseg.export.ome_tiff import read_label_ome_tiff
 from wsiseg.train.datasets import LabelMask
@@ -33,23 +31,26 @@ def _call(args: list[str]) -> None:
             raise
 
 
-def truth_at(mask: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Ground-truth labels sampled at the centres of an output grid of ``shape``."""
-    lm = LabelMask(mask)
-    w0, h0 = lm.level_sizes[0]
-    full = lm.read(0, 0, 0, w0, h0)
-    ys = np.minimum(((np.arange(shape[0]) + 0.5) * h0 / shape[0]).astype(int), h0 - 1)
-    xs = np.minimum(((np.arange(shape[1]) + 0.5) * w0 / shape[1]).astype(int), w0 - 1)
-    return full[ys[:, None], xs[None, :]]
-
-
 def run(out: Path, size: tuple[int, int], seed: int, workers: int | None) -> float:
     slides = out / "slides"
     name = f"demo-seed{seed}"
     image = slides / f"{name}.tiff"
     if not image.exists():
-        _call(["synth", "-o", str(slides), "--name", name, "--seed", str(seed),
-               "--width", str(size[0]), "--height", str(size[1])])
+        _call(
+            [
+                "synth",
+                "-o",
+                str(slides),
+                "--name",
+                name,
+                "--seed",
+                str(seed),
+                "--width",
+                str(size[0]),
+                "--height",
+                str(size[1]),
+            ]
+        )
     _call(["info", str(image)])
     _call(["thumbnail", str(image), "-o", str(out / f"{name}-thumbnail.png"), "--thumb-mpp", "8"])
     seg_args = ["segment", str(image), "-o", str(out / "segmentation")]
@@ -58,7 +59,7 @@ def run(out: Path, size: tuple[int, int], seed: int, workers: int | None) -> flo
     _call(seg_args)
     result = out / "segmentation" / name
     pred = read_label_ome_tiff(result / "mask.ome.tif")
-    truth = truth_at(slides / f"{name}_mask.tiff", pred.shape)
+    truth = LabelMask(slides / f"{name}_mask.tiff").at_grid(pred.shape)
     cm = confusion_matrix(pred, truth, 4)
     iou, _ = iou_dice(cm)
     summary = json.loads((result / "summary.json").read_text())
@@ -68,7 +69,9 @@ def run(out: Path, size: tuple[int, int], seed: int, workers: int | None) -> flo
         print(f"  {n:<14} {v:.3f}")
     miou = mean_iou(cm)
     print(f"mIoU {miou:.3f}  (bundled demo model, learned sampling at 1/256 of the pixels)")
-    print(f"pixels decoded / level-0 tissue pixels: {summary['pixels_decoded_per_tissue_pixel']:.4f}")
+    print(
+        f"pixels decoded / level-0 tissue pixels: {summary['pixels_decoded_per_tissue_pixel']:.4f}"
+    )
     print(f"\noutputs: {result.resolve()}")
     for f in ("mask.ome.tif", "annotations.geojson", "summary.json", "overlay.png"):
         print(f"  {f}")
@@ -76,7 +79,9 @@ def run(out: Path, size: tuple[int, int], seed: int, workers: int | None) -> flo
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--width", type=int, default=12288)
     p.add_argument("--height", type=int, default=8192)

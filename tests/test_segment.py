@@ -35,24 +35,19 @@ def run_cli(args: list[str]) -> int:
 def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("slides")
     for seed in (901, 902):
-        write_synthetic_slide(folder, f"held-out-{seed}", SynthSpec(width_px=4096, height_px=3072, seed=seed))
+        write_synthetic_slide(
+            folder, f"held-out-{seed}", SynthSpec(width_px=4096, height_px=3072, seed=seed)
+        )
     return folder
 
 
 @pytest.fixture(scope="module")
 def one_worker(slides: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("out1")
-    assert run_cli(["segment", str(slides), "-o", str(out), "--workers", "1", "--device", "cpu"]) == 0
+    assert (
+        run_cli(["segment", str(slides), "-o", str(out), "--workers", "1", "--device", "cpu"]) == 0
+    )
     return out
-
-
-def _truth_at(mask: Path, shape: tuple[int, int]) -> np.ndarray:
-    lm = LabelMask(mask)
-    w0, h0 = lm.level_sizes[0]
-    full = lm.read(0, 0, 0, w0, h0)
-    ys = np.minimum(((np.arange(shape[0]) + 0.5) * h0 / shape[0]).astype(int), h0 - 1)
-    xs = np.minimum(((np.arange(shape[1]) + 0.5) * w0 / shape[1]).astype(int), w0 - 1)
-    return full[ys[:, None], xs[None, :]]
 
 
 def test_outputs_and_accuracy(one_worker: Path, slides: Path) -> None:
@@ -63,7 +58,7 @@ def test_outputs_and_accuracy(one_worker: Path, slides: Path) -> None:
         assert (out / name).is_file(), name
     assert not list(out.glob(".*")), "no temporary files may remain"
     pred = read_label_ome_tiff(out / "mask.ome.tif")
-    truth = _truth_at(slides / "held-out-901_mask.tiff", pred.shape)
+    truth = LabelMask(slides / "held-out-901_mask.tiff").at_grid(pred.shape)
     miou = mean_iou(confusion_matrix(pred, truth, 4))
     assert miou >= MIOU_FLOOR, miou
     summary = json.loads((out / "summary.json").read_text())
@@ -84,7 +79,9 @@ def summary_names(summary: dict) -> list[str]:
 
 def test_two_workers_identical(one_worker: Path, slides: Path, tmp_path: Path) -> None:
     out2 = tmp_path / "out2"
-    assert run_cli(["segment", str(slides), "-o", str(out2), "--workers", "2", "--device", "cpu"]) == 0
+    assert (
+        run_cli(["segment", str(slides), "-o", str(out2), "--workers", "2", "--device", "cpu"]) == 0
+    )
     for name in ("held-out-901", "held-out-902"):
         a = read_label_ome_tiff(one_worker / name / "mask.ome.tif")
         b = read_label_ome_tiff(out2 / name / "mask.ome.tif")
@@ -94,19 +91,33 @@ def test_two_workers_identical(one_worker: Path, slides: Path, tmp_path: Path) -
         assert ga == gb
 
 
-def test_resume_skips_and_settings_change_is_refused(one_worker: Path, slides: Path, capsys) -> None:
+def test_resume_skips_and_settings_change_is_refused(
+    one_worker: Path, slides: Path, capsys
+) -> None:
     stamp = (one_worker / "held-out-901" / "summary.json").stat().st_mtime_ns
     assert run_cli(["segment", str(slides), "-o", str(one_worker), "--workers", "1"]) == 0
     assert "skipped" in capsys.readouterr().out
     assert (one_worker / "held-out-901" / "summary.json").stat().st_mtime_ns == stamp
-    code = run_cli(["segment", str(slides / "held-out-901.tiff"), "-o", str(one_worker),
-                    "--workers", "1", "--output-mpp", "4.0"])
+    code = run_cli(
+        [
+            "segment",
+            str(slides / "held-out-901.tiff"),
+            "-o",
+            str(one_worker),
+            "--workers",
+            "1",
+            "--output-mpp",
+            "4.0",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "--overwrite" in err
     assert (one_worker / "held-out-901" / "summary.json").stat().st_mtime_ns == stamp
 
 
-def test_batch_goes_on_past_broken_slides(slides: Path, tmp_path: Path, shared_data: Path, capsys) -> None:
+def test_batch_goes_on_past_broken_slides(
+    slides: Path, tmp_path: Path, shared_data: Path, capsys
+) -> None:
     batch = tmp_path / "batch"
     batch.mkdir()
     shutil.copy(slides / "held-out-902.tiff", batch / "good.tiff")
@@ -119,8 +130,12 @@ def test_batch_goes_on_past_broken_slides(slides: Path, tmp_path: Path, shared_d
     assert captured.err.count("error:") == 3
     run = json.loads((out / "run.json").read_text())
     status = {Path(s["slide"]).name: s["status"] for s in run["slides"]}
-    assert status == {"good.tiff": "done", "broken.svs": "failed", "empty.svs": "failed",
-                      "truncated-CMU-1-Small-Region.svs": "failed"}
+    assert status == {
+        "good.tiff": "done",
+        "broken.svs": "failed",
+        "empty.svs": "failed",
+        "truncated-CMU-1-Small-Region.svs": "failed",
+    }
     assert (out / "good" / "summary.json").is_file()
 
 

@@ -18,7 +18,29 @@ log = logging.getLogger(__name__)
 _LATTICE_PX = 256
 
 
-class OpenSlideReader(BaseSlideReader):
+class _WrappedSlide(BaseSlideReader):
+    """Metadata shared by backends that wrap an OpenSlide-like object in ``_slide``."""
+
+    _slide: Any
+    _props: dict[str, str]
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return tuple(float(d) for d in self._slide.level_downsamples)
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return self._props
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+class OpenSlideReader(_WrappedSlide):
     """Reader over ``openslide.OpenSlide`` (vendor formats, DICOM, generic tiled TIFF)."""
 
     backend = "openslide"
@@ -39,18 +61,6 @@ class OpenSlideReader(BaseSlideReader):
             if files:
                 return files[0]
         return path
-
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return tuple(float(d) for d in self._slide.level_downsamples)
-
-    @property
-    def properties(self) -> dict[str, str]:
-        return self._props
 
     def _read_inside(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         ds = self.level_downsamples[level]
@@ -78,11 +88,8 @@ class OpenSlideReader(BaseSlideReader):
                 ]
         return out
 
-    def close(self) -> None:
-        self._slide.close()
 
-
-class TiffSlideReader(BaseSlideReader):
+class TiffSlideReader(_WrappedSlide):
     """Reader over ``tiffslide.TiffSlide`` (TIFF-based formats, OME-TIFF, plain TIFF)."""
 
     backend = "tiffslide"
@@ -94,18 +101,6 @@ class TiffSlideReader(BaseSlideReader):
 
         self._slide: Any = tiffslide.TiffSlide(str(self.path))
         self._props = {k: str(v) for k, v in self._slide.properties.items() if v is not None}
-
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return tuple(float(d) for d in self._slide.level_downsamples)
-
-    @property
-    def properties(self) -> dict[str, str]:
-        return self._props
 
     def _read_inside(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         ds = self.level_downsamples[level]
@@ -124,9 +119,6 @@ class TiffSlideReader(BaseSlideReader):
                 f"{self.path.name}: short read at level {level} ({arr.shape[:2]} != {(h, w)})"
             )
         return composite_on_white(arr)
-
-    def close(self) -> None:
-        self._slide.close()
 
 
 BACKENDS: dict[str, type[BaseSlideReader]] = {

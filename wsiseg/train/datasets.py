@@ -132,6 +132,14 @@ class LabelMask:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = win
         return out
 
+    def at_grid(self, shape: tuple[int, int]) -> np.ndarray:
+        """Level-0 labels sampled at the pixel centres of a grid of ``shape`` over the slide."""
+        w0, h0 = self.level_sizes[0]
+        full = self.read(0, 0, 0, w0, h0)
+        ys = np.minimum(((np.arange(shape[0]) + 0.5) * h0 / shape[0]).astype(int), h0 - 1)
+        xs = np.minimum(((np.arange(shape[1]) + 0.5) * w0 / shape[1]).astype(int), w0 - 1)
+        return full[ys[:, None], xs[None, :]]
+
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "level_sizes": self.level_sizes, "_tf": None, "_group": None}
 
