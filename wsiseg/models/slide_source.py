@@ -4,11 +4,12 @@ A region is a square box in level-0 pixels that the model sees as ``region_px``
 pixels at its task resolution. Only what the samples need is decoded:
 
 - the low-res view comes from the slide level nearest to the view's pixel size;
-- for the samples, the finest pyramid level any sample needs is chosen (the
-  coarsest level whose pixel is no larger than the smallest local sample spacing);
-  the region is read at that level only, and the in-memory mip-map built on it picks
-  each sample's own level and pre-filter, exactly as in training
-  (`wsiseg.models.mipmap`).
+- each sample's level is the coarsest pyramid level whose pixel is no larger than
+  its local spacing (`wsiseg.models.mipmap.select_level`); the finest level in use
+  is decoded only in the blocks that hold its samples (plus one block of margin),
+  the next level in use for the whole region; the in-memory mip-map built on that
+  canvas then reads every sample at its own level with its pre-filter, exactly as
+  in training (`wsiseg.models.mipmap`).
 
 ``pixels_decoded`` counts the slide pixels read, the first-class cost metric.
 """
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 
 #: A region: (x0, y0, side) in level-0 pixel-edge coordinates.
 Box = tuple[float, float, float]
+
+#: Blocks (level pixels) in which the finest needed level is decoded.
+_BLOCK_PX = 32
+#: How far past a sample its bilinear read and pre-filter reach (level pixels).
+_MARGIN_PX = 6
 
 
 def _best_level(reader: SlideReader, downsample: float) -> int:
@@ -88,25 +94,80 @@ class SlideRegionSource:
     def sample(self, grid: Tensor) -> Tensor:
         """Samples at ``grid`` (region-normalised, align_corners=True), per region."""
         r = self.region_hw[0]
+        downsamples = self.reader.level_downsamples
         out = []
         for b, box in enumerate(self.boxes):
             x0, y0, side = box
             t = side / r  # level-0 pixels per task pixel
-            spacing0 = grid_spacing(grid[b : b + 1], (r, r)) * t
-            level = int(select_level(spacing0.min().reshape(1), self.reader.level_downsamples))
-            ds = self.reader.level_downsamples[level]
-            rgb, ix0, iy0 = self._read_box(box, level)
-            img = self._to_tensor(rgb).unsqueeze(0)
-            n_h, n_w = img.shape[-2:]
+            spacing0 = grid_spacing(grid[b : b + 1], (r, r))[0] * t
+            level_of = select_level(spacing0, downsamples)
+            used = sorted(set(level_of.flatten().tolist()))
+            level = used[0]
+            ds = downsamples[level]
             # region-normalised g -> task pixel u -> level-0 edge X -> level centre q.
-            g = grid[b : b + 1].float()
-            u = (g + 1.0) * 0.5 * (r - 1)
-            qx = (x0 + (u[..., 0] + 0.5) * t) / ds - 0.5 - ix0
-            qy = (y0 + (u[..., 1] + 0.5) * t) / ds - 0.5 - iy0
+            u = (grid[b].float() + 1.0) * 0.5 * (r - 1)
+            fx, fy = (
+                (x0 + (u[..., 0] + 0.5) * t) / ds - 0.5,
+                (y0 + (u[..., 1] + 0.5) * t) / ds - 0.5,
+            )
+            if len(used) == 1:
+                rgb, ix0, iy0 = self._read_box(box, level)
+                img = self._to_tensor(rgb)
+            else:
+                img, ix0, iy0 = self._sparse_canvas(box, level, used[1], fx, fy, level_of == level)
+            n_h, n_w = img.shape[-2:]
+            qx, qy = fx - ix0, fy - iy0
             local = torch.stack([2 * qx / (n_w - 1) - 1, 2 * qy / (n_h - 1) - 1], dim=-1)
-            mip = build_mipmap(img)
-            out.append(sample_image(mip, local.to(img.dtype), mipmap_downsamples(mip)))
+            mip = build_mipmap(img.unsqueeze(0))
+            out.append(sample_image(mip, local.unsqueeze(0), mipmap_downsamples(mip)))
         return torch.cat(out)
+
+    def _sparse_canvas(
+        self, box: Box, fine: int, coarse: int, fx: Tensor, fy: Tensor, at_fine: Tensor
+    ) -> tuple[Tensor, int, int]:
+        """The region at level ``fine``, decoded only in blocks holding fine samples.
+
+        Elsewhere the canvas is the region read at level ``coarse`` and upsampled: only
+        samples read from coarser mip levels (which average it anyway) look there.
+        """
+        x0, y0, side = box
+        ds = self.reader.level_downsamples[fine]
+        ix0, iy0 = math.floor(x0 / ds), math.floor(y0 / ds)
+        n_w = max(math.ceil((x0 + side) / ds) - ix0, 2)
+        n_h = max(math.ceil((y0 + side) / ds) - iy0, 2)
+        coarse_rgb, cx0, cy0 = self._read_box(box, coarse)
+        cds = self.reader.level_downsamples[coarse]
+        # Fine pixel i (centre (i + ix0 + 0.5) ds in level 0) in coarse-read pixels.
+        cx = ((torch.arange(n_w) + ix0 + 0.5) * ds / cds - 0.5 - cx0).clamp(
+            0, coarse_rgb.shape[1] - 1
+        )
+        cy = ((torch.arange(n_h) + iy0 + 0.5) * ds / cds - 0.5 - cy0).clamp(
+            0, coarse_rgb.shape[0] - 1
+        )
+        coarse_t = self._to_tensor(coarse_rgb).unsqueeze(0)
+        gx = 2 * cx / max(coarse_rgb.shape[1] - 1, 1) - 1
+        gy = 2 * cy / max(coarse_rgb.shape[0] - 1, 1) - 1
+        sgrid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1).unsqueeze(0)
+        canvas = torch.nn.functional.grid_sample(
+            coarse_t, sgrid, mode="bilinear", padding_mode="border", align_corners=True
+        )[0]
+        blk = _BLOCK_PX
+        nbx, nby = math.ceil(n_w / blk), math.ceil(n_h / blk)
+        need = torch.zeros(nby, nbx, dtype=torch.bool)
+        # Bilinear reads and the pre-filter (sigma < 2 level pixels for these samples)
+        # look up to _MARGIN_PX past a sample.
+        for dx in (-_MARGIN_PX, _MARGIN_PX):
+            for dy in (-_MARGIN_PX, _MARGIN_PX):
+                bx = ((fx[at_fine] - ix0 + dx) // blk).long().clamp(0, nbx - 1)
+                by = ((fy[at_fine] - iy0 + dy) // blk).long().clamp(0, nby - 1)
+                need[by, bx] = True
+        for j, i in torch.nonzero(need).tolist():
+            w = min(blk, n_w - i * blk)
+            h = min(blk, n_h - j * blk)
+            rgb = self.reader.read_region(fine, ix0 + i * blk, iy0 + j * blk, w, h)
+            self.pixels_decoded += w * h
+            canvas[:, j * blk : j * blk + h, i * blk : i * blk + w] = self._to_tensor(rgb)
+        return canvas, ix0, iy0
 
     def crop(self, y: int, x: int, h: int, w: int) -> Tensor:
         """Full-resolution window of every region (at the task resolution)."""
@@ -118,10 +179,13 @@ class SlideRegionSource:
                 rgb, ix0, iy0 = self._read_box(box, level)
                 ds = self.reader.level_downsamples[level]
                 x0, y0, side = box
-                crop = (x0 / ds - ix0, y0 / ds - iy0, (x0 + side) / ds - ix0, (y0 + side) / ds - iy0)
+                crop = (
+                    x0 / ds - ix0,
+                    y0 / ds - iy0,
+                    (x0 + side) / ds - ix0,
+                    (y0 + side) / ds - iy0,
+                )
                 img = Image.fromarray(rgb).resize((r, r), Image.Resampling.BOX, box=crop)
                 full.append(self._to_tensor(np.asarray(img)))
             self._full = torch.stack(full)
         return self._full[:, :, y : y + h, x : x + w]
-
-

@@ -1,0 +1,150 @@
+"""Whole-slide speed and cost: learned sampling vs tiled full resolution, same run.
+
+    python pipelines/benchmark_wsi.py --sizes 10000 30000 --work runs/bench-wsi \
+        --learned CKPT --tiled CKPT [--workers 2]
+
+For each size, a synthetic slide (size x size px at 0.5 µm/px, seed 7000 + size) is
+written once, then segmented by each model with ``wsiseg segment`` in a fresh
+output folder. Reported per slide and model: wall time, time split (from the
+workers' summary), regions, pixels decoded / level-0 tissue pixels, mIoU against
+the exact labels at the output resolution, and peak RSS summed over this driver
+and every dask worker and scheduler process (sampled every 0.2 s). Ratios
+(tiled / learned) are printed and written to WORK/benchmark_wsi.json and .md.
+This is a benchmark, not a test: run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from wsiseg.cli import main as wsiseg
+from wsiseg.export.ome_tiff import read_label_ome_tiff
+from wsiseg.train.datasets import LabelMask
+from wsiseg.train.metrics import confusion_matrix, mean_iou
+
+
+class PeakRSS:
+    """Peak of the summed RSS of this process and all its descendants."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process(os.getpid())
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_one(slide: Path, mask: Path, model: Path, out: Path, workers: int) -> dict:
+    args = ["segment", str(slide), "-o", str(out), "--model", str(model), "--workers", str(workers)]
+    t0 = time.perf_counter()
+    with PeakRSS() as rss:
+        try:
+            wsiseg(args)
+        except SystemExit as exc:
+            if exc.code:
+                raise
+    wall = time.perf_counter() - t0
+    summary = json.loads((out / slide.stem / "summary.json").read_text())
+    pred = read_label_ome_tiff(out / slide.stem / "mask.ome.tif")
+    truth = LabelMask(mask).at_grid(pred.shape)
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_gib": round(rss.peak / 2**30, 3),
+        "regions": summary["regions"],
+        "pixels_decoded_per_tissue_pixel": summary["pixels_decoded_per_tissue_pixel"],
+        "worker_seconds": summary["seconds"],
+        "miou": round(mean_iou(confusion_matrix(pred, truth, 4)), 4),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--sizes", type=int, nargs="+", default=[10000, 30000])
+    p.add_argument("--work", type=Path, default=Path("runs/bench-wsi"))
+    p.add_argument("--learned", type=Path, required=True)
+    p.add_argument("--tiled", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args()
+    rows = []
+    for size in a.sizes:
+        name = f"bench-{size}"
+        slide, mask = a.work / "slides" / f"{name}.tiff", a.work / "slides" / f"{name}_mask.tiff"
+        if not mask.exists():
+            wsiseg(
+                [
+                    "synth",
+                    "-o",
+                    str(slide.parent),
+                    "--name",
+                    name,
+                    "--seed",
+                    str(7000 + size),
+                    "--width",
+                    str(size),
+                    "--height",
+                    str(size),
+                ]
+            )
+        row: dict = {"size_px": size}
+        for label, ckpt in (("learned", a.learned), ("tiled", a.tiled)):
+            out = a.work / f"out-{label}-{size}-{int(time.time())}"
+            row[label] = run_one(slide, mask, ckpt, out, a.workers)
+            print(label, size, row[label], flush=True)
+        row["speedup_tiled_over_learned"] = round(
+            row["tiled"]["wall_s"] / row["learned"]["wall_s"], 2
+        )
+        row["miou_ratio_learned_over_tiled"] = round(
+            row["learned"]["miou"] / row["tiled"]["miou"], 4
+        )
+        rows.append(row)
+    result = {
+        "machine": f"{os.cpu_count()} CPU cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "workers": a.workers,
+        "rows": rows,
+    }
+    (a.work / "benchmark_wsi.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "| size | learned s | tiled s | speed-up | learned mIoU | tiled mIoU | decoded/tissue (learned) | decoded/tissue (tiled) | peak RSS GiB (learned / tiled) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        L, T = r["learned"], r["tiled"]
+        lines.append(
+            f"| {r['size_px']}² | {L['wall_s']} | {T['wall_s']} | {r['speedup_tiled_over_learned']}x | "
+            f"{L['miou']} | {T['miou']} | {L['pixels_decoded_per_tissue_pixel']} | "
+            f"{T['pixels_decoded_per_tissue_pixel']} | {L['peak_rss_gib']} / {T['peak_rss_gib']} |"
+        )
+    (a.work / "benchmark_wsi.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
