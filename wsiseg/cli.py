@@ -35,9 +35,7 @@ def _setup_logging(verbose: int) -> None:
         # dask resets its loggers' levels when clusters close; filter at the handler.
         quiet = ("distributed", "dask", "tornado", "asyncio")
         for handler in logging.getLogger().handlers:
-            handler.addFilter(
-                lambda r: r.levelno >= logging.ERROR or not r.name.startswith(quiet)
-            )
+            handler.addFilter(lambda r: r.levelno >= logging.ERROR or not r.name.startswith(quiet))
     if verbose < 2:
         warnings.filterwarnings("ignore", module="tiffslide")
 
@@ -414,8 +412,19 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- segment
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif",
-                  ".svslide", ".dcm")
+SLIDE_SUFFIXES = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".vms",
+    ".vmu",
+    ".bif",
+    ".svslide",
+    ".dcm",
+)
 
 
 def _expand_slides(inputs: tuple[Path, ...]) -> list[Path]:
@@ -445,16 +454,33 @@ def _expand_slides(inputs: tuple[Path, ...]) -> list[Path]:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--workers", type=int, default=None, help="Local worker processes (default: cores).")
 @click.option("--cluster", default="local", show_default=True, help="'local' or tcp://host:port.")
-@click.option("--mpp", type=float, default=None, help="Pixel size (µm/px) where metadata lacks one.")
+@click.option(
+    "--mpp", type=float, default=None, help="Pixel size (µm/px) where metadata lacks one."
+)
 @click.option("--backend", type=BACKEND_CHOICE, default="auto", show_default=True)
-@click.option("--roi", type=click.Path(path_type=Path), default=None, help="GeoJSON of regions to segment.")
-@click.option("--shard", default=None, help="i/N: take every N-th slide from the i-th (sbatch --array).")
-@click.option("--output-mpp", type=float, default=None, help="Label output µm/px (default 4x the model's).")
+@click.option(
+    "--roi", type=click.Path(path_type=Path), default=None, help="GeoJSON of regions to segment."
+)
+@click.option(
+    "--shard", default=None, help="i/N: take every N-th slide from the i-th (sbatch --array)."
+)
+@click.option(
+    "--output-mpp", type=float, default=None, help="Label output µm/px (default 4x the model's)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace outputs of another model or settings.")
 def segment(
-    slides: tuple[Path, ...], out: Path, model: str, device: str, workers: int | None,
-    cluster: str, mpp: float | None, backend: str, roi: Path | None, shard: str | None,
-    output_mpp: float | None, overwrite: bool,
+    slides: tuple[Path, ...],
+    out: Path,
+    model: str,
+    device: str,
+    workers: int | None,
+    cluster: str,
+    mpp: float | None,
+    backend: str,
+    roi: Path | None,
+    shard: str | None,
+    output_mpp: float | None,
+    overwrite: bool,
 ) -> None:
     """Segment slides (files or folders) into masks, QuPath GeoJSON and summaries."""
     from tqdm import tqdm
@@ -488,24 +514,51 @@ def segment(
                 bar.n = done
                 bar.refresh()
 
-            outcome = segment_slide(path, out, info, config, client, backend=backend, mpp=mpp,
-                                    roi=roi_geom, overwrite=overwrite, on_region=tick)
+            outcome = segment_slide(
+                path,
+                out,
+                info,
+                config,
+                client,
+                backend=backend,
+                mpp=mpp,
+                roi=roi_geom,
+                overwrite=overwrite,
+                on_region=tick,
+            )
             bar.close()
             outcomes.append(outcome)
             if outcome.status == "failed":
-                _fail(f"{path}: {outcome.message}" if str(path) not in outcome.message else outcome.message)
+                _fail(
+                    f"{path}: {outcome.message}"
+                    if str(path) not in outcome.message
+                    else outcome.message
+                )
             elif outcome.status == "no tissue":
                 log.warning("%s: no tissue found; nothing written", path)
     run = {
-        "model": str(info.path), "model_sha256": info.sha256, "model_config": info.config.to_dict(),
-        "segment_config": config.to_dict(), "cluster": cluster, "workers": workers,
-        "slides": [{"slide": o.slide, "status": o.status, "message": o.message,
-                    "out": str(o.out_dir) if o.out_dir else None} for o in outcomes],
+        "model": str(info.path),
+        "model_sha256": info.sha256,
+        "model_config": info.config.to_dict(),
+        "segment_config": config.to_dict(),
+        "cluster": cluster,
+        "workers": workers,
+        "slides": [
+            {
+                "slide": o.slide,
+                "status": o.status,
+                "message": o.message,
+                "out": str(o.out_dir) if o.out_dir else None,
+            }
+            for o in outcomes
+        ],
     }
     with atomic_path(out / "run.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(run, indent=2) + "\n")
     for o in outcomes:
-        click.echo(f"{o.status:>9}  {o.slide}" + (f"  -> {o.out_dir}" if o.out_dir else f"  ({o.message})"))
+        click.echo(
+            f"{o.status:>9}  {o.slide}" + (f"  -> {o.out_dir}" if o.out_dir else f"  ({o.message})")
+        )
     if any(o.status == "failed" for o in outcomes):
         sys.exit(1)
 

@@ -164,7 +164,9 @@ class DeformSeg(nn.Module):
 
     def _segment(self, x: Tensor) -> Tensor:
         # bf16 autocast on CUDA (grids and back-projection stay float32 regardless).
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+        ):
             return self.segmenter(x)
 
     def forward_window(self, window: Tensor) -> Tensor:

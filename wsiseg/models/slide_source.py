@@ -161,10 +161,14 @@ class SlideRegionSource:
                 bx = ((fx[at_fine] - ix0 + dx) // blk).long().clamp(0, nbx - 1)
                 by = ((fy[at_fine] - iy0 + dy) // blk).long().clamp(0, nby - 1)
                 need[by, bx] = True
+        lw, lh = self.reader.level_dimensions[fine]
         for j, i in torch.nonzero(need).tolist():
             w = min(blk, n_w - i * blk)
             h = min(blk, n_h - j * blk)
-            rgb = self.reader.read_region(fine, ix0 + i * blk, iy0 + j * blk, w, h)
+            bx0, by0 = ix0 + i * blk, iy0 + j * blk
+            if bx0 >= lw or by0 >= lh or bx0 + w <= 0 or by0 + h <= 0:
+                continue  # outside the slide: the canvas is already white there
+            rgb = self.reader.read_region(fine, bx0, by0, w, h)
             self.pixels_decoded += w * h
             canvas[:, j * blk : j * blk + h, i * blk : i * blk + w] = self._to_tensor(rgb)
         return canvas, ix0, iy0

@@ -31,7 +31,11 @@ def load_roi(path: Path) -> BaseGeometry:
         items = [data]
     geoms = []
     for item in items:
-        geom = item.get("geometry") if isinstance(item, dict) and item.get("type") == "Feature" else item
+        geom = (
+            item.get("geometry")
+            if isinstance(item, dict) and item.get("type") == "Feature"
+            else item
+        )
         try:
             g = shape(geom)
         except Exception as exc:  # noqa: BLE001 - shapely raises many types on bad input

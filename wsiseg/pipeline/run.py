@@ -156,8 +156,11 @@ def segment_slide(
     try:
         cfg = model.config
         output_mpp = config.output_mpp or cfg.task_mpp * 4
-        settings = {"model_sha256": model.sha256, "settings_hash": config.output_hash(),
-                    "output_mpp": output_mpp}
+        settings = {
+            "model_sha256": model.sha256,
+            "settings_hash": config.output_hash(),
+            "output_mpp": output_mpp,
+        }
         done = _done_summary(out_dir)
         if done is not None:
             same = all(done.get(k) == v for k, v in settings.items())
@@ -173,9 +176,15 @@ def segment_slide(
             tissue = detect_tissue(reader, TissueParams(thumb_mpp=config.thumb_mpp))
             thumb = reader.thumbnail(config.thumb_mpp)
             plan = plan_regions(
-                reader.level_dimensions[0], mpp0, task_mpp=cfg.task_mpp, region_px=cfg.region_px,
-                margin_px=config.margin_px, output_mpp=output_mpp, tissue_mask=tissue.mask,
-                tissue_downsample=tissue.downsample, roi=roi,
+                reader.level_dimensions[0],
+                mpp0,
+                task_mpp=cfg.task_mpp,
+                region_px=cfg.region_px,
+                margin_px=config.margin_px,
+                output_mpp=output_mpp,
+                tissue_mask=tissue.mask,
+                tissue_downsample=tissue.downsample,
+                roi=roi,
             )
         if not plan.regions:
             return SlideOutcome(str(slide), "no tissue", None, "no tissue found on the slide")
@@ -185,8 +194,18 @@ def segment_slide(
         try:
             result = _run_regions(ref, model, config, plan, client, work, on_region)
             summary = _write_outputs(
-                slide, out_dir, work, model, config, plan, tissue, thumb, result, slide_id,
-                settings, overwrite,
+                slide,
+                out_dir,
+                work,
+                model,
+                config,
+                plan,
+                tissue,
+                thumb,
+                result,
+                slide_id,
+                settings,
+                overwrite,
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -196,7 +215,9 @@ def segment_slide(
         return SlideOutcome(str(slide), "done", out_dir, "", summary)
     except (WsisegError, OSError, ValueError) as exc:
         log.error("%s: %s", slide, exc)
-        return SlideOutcome(str(slide), "failed", None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return SlideOutcome(
+            str(slide), "failed", None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        )
 
 
 @dataclass
@@ -208,23 +229,44 @@ class _RunResult:
 
 
 def _run_regions(
-    ref: Any, model: ModelInfo, config: SegmentConfig, plan: RegionPlan, client: Client,
-    work: Path, on_region: Callable[[int, int], None] | None,
+    ref: Any,
+    model: ModelInfo,
+    config: SegmentConfig,
+    plan: RegionPlan,
+    client: Client,
+    work: Path,
+    on_region: Callable[[int, int], None] | None,
 ) -> _RunResult:
     ow, oh = plan.output_size
     core = plan.core_out_px
     labels = zarr.create_array(
-        store=zarr.storage.LocalStore(work / "labels.zarr"), shape=(oh, ow), dtype=np.uint8,
-        chunks=(core, core), fill_value=0, compressors=None,
+        store=zarr.storage.LocalStore(work / "labels.zarr"),
+        shape=(oh, ow),
+        dtype=np.uint8,
+        chunks=(core, core),
+        fill_value=0,
+        compressors=None,
     )
     cfg = model.config
     g = cfg.saliency_grid_px
     # Sampling density per region, on a grid of g cells per region (cores only).
     dens_cell = core / g * (cfg.region_px / (cfg.region_px - 2 * config.margin_px))
-    density = np.zeros((math.ceil(oh / dens_cell), math.ceil(ow / dens_cell)), np.float32) if cfg.sampler == "learned" else None
+    density = (
+        np.zeros((math.ceil(oh / dens_cell), math.ceil(ow / dens_cell)), np.float32)
+        if cfg.sampler == "learned"
+        else None
+    )
     futures = [
-        client.submit(predict_batch, ref, str(model.path), config.device, plan, batch,
-                      config.threads_per_worker, pure=False)
+        client.submit(
+            predict_batch,
+            ref,
+            str(model.path),
+            config.device,
+            plan,
+            batch,
+            config.threads_per_worker,
+            pure=False,
+        )
         for batch in _batches(plan, config.batch_regions)
     ]
     total, done, decoded = len(plan.regions), 0, 0
@@ -256,20 +298,36 @@ def _run_regions(
 
 
 def _write_outputs(
-    slide: Path, out_dir: Path, work: Path, model: ModelInfo, config: SegmentConfig,
-    plan: RegionPlan, tissue: Any, thumb: np.ndarray, result: _RunResult, slide_id: str,
-    settings: dict[str, Any], overwrite: bool,
+    slide: Path,
+    out_dir: Path,
+    work: Path,
+    model: ModelInfo,
+    config: SegmentConfig,
+    plan: RegionPlan,
+    tissue: Any,
+    thumb: np.ndarray,
+    result: _RunResult,
+    slide_id: str,
+    settings: dict[str, Any],
+    overwrite: bool,
 ) -> dict[str, Any]:
     cfg = model.config
     t0 = time.perf_counter()
     out_mpp = plan.output_mpp
     names, colours = list(cfg.class_names), [c[1] for c in cfg.classes]
-    write_label_ome_tiff(out_dir / "mask.ome.tif", result.labels, (out_mpp, out_mpp), names, colours, overwrite=True)
+    write_label_ome_tiff(
+        out_dir / "mask.ome.tif", result.labels, (out_mpp, out_mpp), names, colours, overwrite=True
+    )
     labels = np.asarray(result.labels[:])
     downsample = out_mpp / plan.mpp
     features = labels_to_features(
-        labels, downsample=downsample, class_names=names, class_colours=colours,
-        mpp=plan.mpp, slide_id=slide_id, min_area_um2=config.min_area_um2,
+        labels,
+        downsample=downsample,
+        class_names=names,
+        class_colours=colours,
+        mpp=plan.mpp,
+        slide_id=slide_id,
+        min_area_um2=config.min_area_um2,
     )
     write_geojson(out_dir / "annotations.geojson", features)
     # Overlay: labels and density brought to the thumbnail's grid.
@@ -283,14 +341,19 @@ def _write_outputs(
         dy = np.minimum((np.arange(th) * d.shape[0] / th).astype(int), d.shape[0] - 1)
         dx = np.minimum((np.arange(tw) * d.shape[1] / tw).astype(int), d.shape[1] - 1)
         dens_small = d[dy[:, None], dx[None, :]]
-    write_png(out_dir / "overlay.png", render_overlay(thumb, small, colours, density=dens_small, legend=names))
+    write_png(
+        out_dir / "overlay.png",
+        render_overlay(thumb, small, colours, density=dens_small, legend=names),
+    )
     counts = np.bincount(labels.ravel(), minlength=cfg.num_classes)[: cfg.num_classes]
     px_mm2 = (out_mpp / 1000.0) ** 2
     tissue_px = int(counts[1:].sum())
     level0_tissue = float(tissue.area_level0_px)
     classes = {
-        n: {"area_mm2": round(float(c) * px_mm2, 6),
-            "fraction_of_tissue": round(float(c) / tissue_px, 6) if tissue_px and i > 0 else None}
+        n: {
+            "area_mm2": round(float(c) * px_mm2, 6),
+            "fraction_of_tissue": round(float(c) / tissue_px, 6) if tissue_px and i > 0 else None,
+        }
         for i, (n, c) in enumerate(zip(names, counts, strict=True))
     }
     return {
@@ -307,8 +370,13 @@ def _write_outputs(
         "tissue_area_mm2": round(tissue_px * px_mm2, 6),
         "detected_tissue_area_mm2": round(level0_tissue * (plan.mpp / 1000.0) ** 2, 6),
         "pixels_decoded": int(result.pixels_decoded),
-        "pixels_decoded_per_tissue_pixel": round(result.pixels_decoded / level0_tissue, 6) if level0_tissue else None,
-        "seconds": {**{k: round(v, 3) for k, v in result.seconds.items()}, "write": round(time.perf_counter() - t0, 3)},
+        "pixels_decoded_per_tissue_pixel": round(result.pixels_decoded / level0_tissue, 6)
+        if level0_tissue
+        else None,
+        "seconds": {
+            **{k: round(v, 3) for k, v in result.seconds.items()},
+            "write": round(time.perf_counter() - t0, 3),
+        },
         "features": len(features),
         "config": config.to_dict(),
         "versions": _versions(),
@@ -316,7 +384,11 @@ def _write_outputs(
 
 
 def segment_slides(
-    slides: Sequence[Path], out_root: Path, model: ModelInfo, config: SegmentConfig, client: Client,
+    slides: Sequence[Path],
+    out_root: Path,
+    model: ModelInfo,
+    config: SegmentConfig,
+    client: Client,
     **kwargs: Any,
 ) -> list[SlideOutcome]:
     """Segment every slide, going on past failures."""
