@@ -452,8 +452,18 @@ def _expand_slides(inputs: tuple[Path, ...]) -> list[Path]:
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--model", default="default", show_default=True, help="'default' or a checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--workers", type=int, default=None, help="Local worker processes (default: cores).")
-@click.option("--cluster", default="local", show_default=True, help="'local' or tcp://host:port.")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="local: worker processes (default: cores); SLURM: number of jobs.",
+)
+@click.option(
+    "--cluster",
+    default="local",
+    show_default=True,
+    help="'local', tcp://host:port, a packaged profile (slurm-cpu, slurm-gpu) or a cluster YAML.",
+)
 @click.option(
     "--mpp", type=float, default=None, help="Pixel size (µm/px) where metadata lacks one."
 )
@@ -498,7 +508,8 @@ def segment(
     if not paths:
         raise WsisegError("no slides found in the given paths")
     info = model_info(model)
-    resolve_device(device)
+    if cluster == "local":
+        resolve_device(device)  # remote workers may have GPUs the driver lacks
     roi_geom = load_roi(roi) if roi is not None else None
     config = SegmentConfig(output_mpp=output_mpp, device=device)
     out.mkdir(parents=True, exist_ok=True)
@@ -553,7 +564,8 @@ def segment(
             for o in outcomes
         ],
     }
-    with atomic_path(out / "run.json", overwrite=True) as tmp:
+    run_name = "run.json" if shard is None else f"run-shard-{shard_ix[0]}-of-{shard_ix[1]}.json"
+    with atomic_path(out / run_name, overwrite=True) as tmp:
         tmp.write_text(json.dumps(run, indent=2) + "\n")
     for o in outcomes:
         click.echo(

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import logging
+import math
 import os
 import re
 import shlex
@@ -65,6 +66,7 @@ __all__ = [
     "default_workers",
     "load_cluster_config",
     "open_client",
+    "slurm_job_script",
     "slurm_job_states",
     "task_resources",
 ]
@@ -397,6 +399,32 @@ def _check_lifetime(args: list[Any], walltime: Any) -> None:
 # -- SLURM state ---------------------------------------------------------------------------------
 
 
+def _squeue(job_ids: list[str]) -> dict[str, str] | None:
+    """``job id -> "STATE (reason)"`` of the listed jobs in squeue; None if squeue failed."""
+    try:
+        proc = subprocess.run(
+            ["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T|%r"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.debug("squeue failed: %s", exc)
+        return None
+    if proc.returncode != 0:
+        log.debug("squeue failed: %s", proc.stderr.strip())
+        return None
+    wanted = set(job_ids)
+    out: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3 and parts[0] in wanted:
+            state, reason = parts[1], parts[2]
+            out[parts[0]] = f"{state} ({reason})" if reason and reason != "None" else state
+    return out
+
+
 def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
     """SLURM state of each job, e.g. ``{"12": "PENDING (JobHeldUser)"}``.
 
@@ -413,25 +441,41 @@ def slurm_job_states(job_ids: list[str]) -> dict[str, str]:
     """
     if not job_ids:
         return {}
-    try:
-        proc = subprocess.run(
-            ["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%T|%r"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.debug("squeue failed: %s", exc)
-        return {}
-    wanted = set(job_ids)
-    out: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3 and parts[0] in wanted:
-            state, reason = parts[1], parts[2]
-            out[parts[0]] = f"{state} ({reason})" if reason and reason != "None" else state
-    return out
+    return _squeue(job_ids) or {}
+
+
+def _check_job_script(script: str, source: str) -> None:
+    """Let SLURM validate the worker job (``sbatch --test-only``) before submitting any.
+
+    Raises
+    ------
+    InputError
+        ``sbatch`` is missing or rejects the job script (bad partition, gres, memory ...).
+    """
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="wsiseg-job-") as fh:
+        fh.write(script)
+        fh.flush()
+        try:
+            proc = subprocess.run(
+                ["sbatch", "--test-only", fh.name],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise InputError(
+                f"{source}: sbatch not found; a SLURM cluster needs the SLURM client tools here"
+            ) from exc
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("sbatch --test-only did not answer (%s); submitting anyway", exc)
+            return
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error" in ln.lower()] or lines or ["no message"]
+        raise InputError(f"{source}: SLURM rejects the worker job script: {errors[0]}")
 
 
 def _job_ids(cluster: Any) -> list[str]:
@@ -447,10 +491,9 @@ def _wait_for_first_worker(client: Client, cluster: Any, cfg: ClusterConfig, job
     """Wait until a worker joins; raise a one-line WsisegError on timeout or dead jobs."""
     t0 = time.monotonic()
     deadline = None if cfg.wait_timeout_s is None else t0 + cfg.wait_timeout_s
-    seen: set[str] = set()
-    last_check = 0.0
+    last_check = -math.inf
     log_dir = dask.config.get("jobqueue.slurm.log-directory", default=None)
-    where = f"; worker logs in {log_dir}" if log_dir else ""
+    where = f"; worker logs in {log_dir}" if log_dir else f"; job logs in {os.getcwd()}"
     while True:
         n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
         if n >= 1:
@@ -458,11 +501,13 @@ def _wait_for_first_worker(client: Client, cluster: Any, cfg: ClusterConfig, job
             return
         now = time.monotonic()
         ids = _job_ids(cluster)
-        if ids and now - last_check >= 2.0:
+        if len(ids) >= jobs and now - last_check >= 2.0:
             last_check = now
-            states = slurm_job_states(ids)
-            seen.update(states)
-            if len(ids) >= jobs and seen and not states:
+            states = _squeue(ids)
+            if states is not None and not states:
+                # Recheck the workers: one may have joined just before its job ended.
+                if client.scheduler_info(n_workers=-1).get("workers"):
+                    continue
                 raise WsisegError(
                     f"SLURM jobs {', '.join(ids)} ended before any dask worker joined "
                     f"(cluster {cfg.source}){where}"
@@ -510,7 +555,9 @@ def _slurm_client(cfg: ClusterConfig, workers: int | None) -> Iterator[Client]:
             line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"{cfg.source}: cannot set up the SLURM cluster: {line}") from exc
         stack.enter_context(cluster)
-        log.debug("SLURM job script:\n%s", cluster.job_script())
+        script = cluster.job_script()
+        log.debug("SLURM job script:\n%s", script)
+        _check_job_script(script, cfg.source)
         client = stack.enter_context(Client(cluster))
         if cfg.adapt is not None:
             lo, hi = cfg.adapt
@@ -590,6 +637,40 @@ def open_client(cluster: str = "local", workers: int | None = None) -> Iterator[
             yield client
 
 
+def slurm_job_script(cluster: str) -> str:
+    """The batch script that each SLURM worker job of ``cluster`` would run.
+
+    Parameters
+    ----------
+    cluster
+        A packaged cluster profile name or a cluster YAML path (as for :func:`open_client`),
+        combined with the user's dask configuration by the same precedence rules.
+
+    Returns
+    -------
+    str
+        The script, with a placeholder scheduler address; nothing is submitted and no
+        scheduler is started.
+
+    Raises
+    ------
+    InputError
+        ``cluster`` is ``local`` or an address, or the settings are incomplete.
+    """
+    cfg = _resolve_cluster(cluster)
+    if cfg is None:
+        raise InputError(f"--cluster {cluster!r} is not a SLURM cluster profile")
+    from dask_jobqueue.slurm import SLURMJob
+
+    with dask.config.set(_overrides(cfg)):
+        try:
+            job = SLURMJob(scheduler="tcp://<scheduler-address>:8786", name="<worker-name>")
+        except ValueError as exc:
+            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"{cfg.source}: cannot make the SLURM job script: {line}") from exc
+        return str(job.job_script())
+
+
 def task_resources(client: Client) -> dict[str, float] | None:
     """Resources each ``predict_batch`` task should request on ``client``'s cluster.
 
@@ -612,7 +693,7 @@ def task_resources(client: Client) -> dict[str, float] | None:
         return dict(res) if res else None
     try:
         info = client.scheduler_info(n_workers=-1)
-    except Exception:  # noqa: BLE001 - a closed or odd client: no resources
+    except Exception:  # a closed or odd client: no resources
         return None
     ws = list(info.get("workers", {}).values())
     if ws and all((w.get("resources") or {}).get("GPU", 0) >= 1 for w in ws):

@@ -37,6 +37,7 @@ from wsiseg.io.fileops import atomic_path
 from wsiseg.models.checkpoint import read_checkpoint_metadata
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.loading import resolve_model_path
+from wsiseg.pipeline.cluster import task_resources
 from wsiseg.pipeline.config import SegmentConfig
 from wsiseg.pipeline.worker import BatchResult, predict_batch
 from wsiseg.tiling import RegionPlan, plan_regions
@@ -256,6 +257,7 @@ def _run_regions(
         if cfg.sampler == "learned"
         else None
     )
+    resources = task_resources(client)
     futures = [
         client.submit(
             predict_batch,
@@ -266,6 +268,7 @@ def _run_regions(
             batch,
             config.threads_per_worker,
             pure=False,
+            resources=resources,
         )
         for batch in _batches(plan, config.batch_regions)
     ]
