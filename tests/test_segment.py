@@ -65,6 +65,9 @@ def test_outputs_and_accuracy(one_worker: Path, slides: Path) -> None:
     assert summary["regions"] > 0 and summary["pixels_decoded"] > 0
     assert 0 < summary["pixels_decoded_per_tissue_pixel"] < 1
     assert set(summary["classes"]) == {"Background", "Stroma", "Benign gland", "Tumor"}
+    for phase in ("read", "saliency", "sampling", "segmenter", "backprojection", "write"):
+        assert summary["seconds"][phase] >= 0, phase
+    assert summary["mpp_source"] == "metadata"
     assert summary["classes"]["Stroma"]["area_mm2"] > 0
     with tifffile.TiffFile(out / "mask.ome.tif") as tf:
         assert tf.is_ome and len(tf.series[0].levels) >= 2
@@ -148,3 +151,19 @@ def test_real_slide_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     mask = read_label_ome_tiff(out / "CMU-1-Small-Region" / "mask.ome.tif")
     assert mask.shape == (math.ceil(2967 * 0.499 / 2.0), math.ceil(2220 * 0.499 / 2.0))
     assert summary["classes"]["Background"]["area_mm2"] > 0
+
+
+def test_rerun_after_interrupted_outputs(one_worker: Path, slides: Path, tmp_path: Path) -> None:
+    """A run killed after some outputs (no summary.json yet) is finished by a rerun."""
+    out = tmp_path / "partial"
+    shutil.copytree(one_worker / "held-out-902", out / "held-out-902")
+    (out / "held-out-902" / "summary.json").unlink()
+    (out / "held-out-902" / ".work-deadbeef").mkdir()  # a dead run's scratch
+    code = run_cli(["segment", str(slides / "held-out-902.tiff"), "-o", str(out), "--workers", "1"])
+    assert code == 0
+    np.testing.assert_array_equal(
+        read_label_ome_tiff(out / "held-out-902" / "mask.ome.tif"),
+        read_label_ome_tiff(one_worker / "held-out-902" / "mask.ome.tif"),
+    )
+    assert (out / "held-out-902" / "summary.json").is_file()
+    assert not list((out / "held-out-902").glob(".*")), "stale scratch is cleaned up"

@@ -158,8 +158,7 @@ class DeformSeg(nn.Module):
         if self.config.sampler == "tiled":
             raise RuntimeError("the tiled model segments windows: use forward_window/predict")
         grid, density = self.compute_grid(source)
-        samples = source.sample(grid).to(self.device)
-        logits = self._segment(self.normalise(samples))
+        logits = self.segment_samples(source.sample(grid))
         return ForwardOut(logits=logits, grid=grid, density=density)
 
     def _segment(self, x: Tensor) -> Tensor:
@@ -182,12 +181,20 @@ class DeformSeg(nn.Module):
         if cfg.sampler == "tiled":
             return self._predict_tiled(source, out_hw), None
         out = self.forward(source)
-        if cfg.sampler == "uniform":
-            up = F.interpolate(out.logits.float(), size=out_hw, mode="bilinear", align_corners=True)
-            return up.softmax(1), out
         assert out.grid is not None
-        probs = out.logits.float().softmax(1)
-        return backproject(probs, out.grid, out_hw), out
+        return self.project_back(out.logits, out.grid, out_hw), out
+
+    def segment_samples(self, samples: Tensor) -> Tensor:
+        """Segmenter logits of samples ([B, 3, S, S] in [0, 1])."""
+        return self._segment(self.normalise(samples.to(self.device)))
+
+    def project_back(self, logits: Tensor, grid: Tensor, out_hw: tuple[int, int]) -> Tensor:
+        """Class probabilities at ``out_hw``: uniform logits are upsampled bilinearly,
+        learned probabilities back-projected through the inverted grid."""
+        if self.config.sampler == "uniform":
+            up = F.interpolate(logits.float(), size=out_hw, mode="bilinear", align_corners=True)
+            return up.softmax(1)
+        return backproject(logits.float().softmax(1), grid, out_hw)
 
     def _predict_tiled(self, source: SampleSource, out_hw: tuple[int, int]) -> Tensor:
         cfg = self.config

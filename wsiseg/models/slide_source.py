@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,6 +60,7 @@ class SlideRegionSource:
         self.batch = len(self.boxes)
         self.region_hw = (region_px, region_px)
         self.pixels_decoded = 0
+        self.read_seconds = 0.0
         self._full: Tensor | None = None
 
     # -- reading -------------------------------------------------------------------
@@ -70,7 +72,13 @@ class SlideRegionSource:
         ix1, iy1 = math.ceil((x0 + side) / ds), math.ceil((y0 + side) / ds)
         w, h = max(ix1 - ix0, 2), max(iy1 - iy0, 2)
         self.pixels_decoded += w * h
-        return self.reader.read_region(level, ix0, iy0, w, h), ix0, iy0
+        return self._timed_read(level, ix0, iy0, w, h), ix0, iy0
+
+    def _timed_read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        t = time.perf_counter()
+        rgb = self.reader.read_region(level, x, y, w, h)
+        self.read_seconds += time.perf_counter() - t
+        return rgb
 
     @staticmethod
     def _to_tensor(rgb: np.ndarray) -> Tensor:
@@ -168,7 +176,7 @@ class SlideRegionSource:
             bx0, by0 = ix0 + i * blk, iy0 + j * blk
             if bx0 >= lw or by0 >= lh or bx0 + w <= 0 or by0 + h <= 0:
                 continue  # outside the slide: the canvas is already white there
-            rgb = self.reader.read_region(fine, bx0, by0, w, h)
+            rgb = self._timed_read(fine, bx0, by0, w, h)
             self.pixels_decoded += w * h
             canvas[:, j * blk : j * blk + h, i * blk : i * blk + w] = self._to_tensor(rgb)
         return canvas, ix0, iy0

@@ -34,6 +34,7 @@ from wsiseg.export.ome_tiff import write_label_ome_tiff
 from wsiseg.export.overlay import render_overlay, write_png
 from wsiseg.io import open_slide
 from wsiseg.io.fileops import atomic_path
+from wsiseg.io.reader import is_plausible_mpp
 from wsiseg.models.checkpoint import read_checkpoint_metadata
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.loading import resolve_model_path
@@ -47,7 +48,13 @@ __all__ = ["SlideOutcome", "ModelInfo", "model_info", "segment_slide", "safe_nam
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILES = ("mask.ome.tif", "annotations.geojson", "overlay.png", "summary.json")
+OUTPUT_FILES = (
+    "mask.ome.tif",
+    "annotations.geojson",
+    "overlay.png",
+    "thumbnail.png",
+    "summary.json",
+)
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,7 @@ def segment_slide(
                 )
         with open_slide(slide, backend=backend, mpp=mpp) as reader:
             mpp0 = reader.mpp[0]
+            mpp_source = "metadata" if is_plausible_mpp(reader.mpp_reported[0]) else "override"
             ref = reader.ref()
             tissue = detect_tissue(reader, TissueParams(thumb_mpp=config.thumb_mpp))
             thumb = reader.thumbnail(config.thumb_mpp)
@@ -191,6 +199,8 @@ def segment_slide(
             return SlideOutcome(str(slide), "no tissue", None, "no tissue found on the slide")
         slide_id = _slide_id(slide)
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".work-*"):  # scratch of a killed run on this slide
+            shutil.rmtree(stale, ignore_errors=True)
         work = out_dir / f".work-{uuid.uuid4().hex[:8]}"
         try:
             result = _run_regions(ref, model, config, plan, client, work, on_region)
@@ -211,6 +221,7 @@ def segment_slide(
         finally:
             shutil.rmtree(work, ignore_errors=True)
         summary["wall_seconds"] = round(time.perf_counter() - t_start, 3)
+        summary["mpp_source"] = mpp_source
         with atomic_path(out_dir / "summary.json", overwrite=True) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
         return SlideOutcome(str(slide), "done", out_dir, "", summary)
@@ -332,7 +343,7 @@ def _write_outputs(
         slide_id=slide_id,
         min_area_um2=config.min_area_um2,
     )
-    write_geojson(out_dir / "annotations.geojson", features)
+    write_geojson(out_dir / "annotations.geojson", features, overwrite=True)
     # Overlay: labels and density brought to the thumbnail's grid.
     th, tw = thumb.shape[:2]
     ys = np.minimum((np.arange(th) * labels.shape[0] / th).astype(int), labels.shape[0] - 1)
@@ -347,7 +358,9 @@ def _write_outputs(
     write_png(
         out_dir / "overlay.png",
         render_overlay(thumb, small, colours, density=dens_small, legend=names),
+        overwrite=True,
     )
+    write_png(out_dir / "thumbnail.png", thumb, overwrite=True)
     counts = np.bincount(labels.ravel(), minlength=cfg.num_classes)[: cfg.num_classes]
     px_mm2 = (out_mpp / 1000.0) ** 2
     tissue_px = int(counts[1:].sum())

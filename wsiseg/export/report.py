@@ -1,0 +1,669 @@
+"""Self-contained HTML report of a ``wsiseg segment`` run, for people to look at.
+
+One page, no network: the CSS is inline, every image is embedded as a base64
+``data:`` URI read from the slide's output folder (downscaled when very large), and
+there is no JavaScript. The page has a header with the run's settings, a table of
+every slide with its status and class fractions, then one section per slide
+(``<section class="slide" id="...">``) with its thumbnail, the overlay (mask,
+learned sampling density and legend, as drawn by :mod:`wsiseg.export.overlay`),
+the class areas, key figures and warnings (failures, no tissue, pixel size given
+with ``--mpp``). All text is escaped; missing or unreadable images give a note.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from wsiseg import __version__
+from wsiseg.io.fileops import atomic_path
+
+__all__ = ["write_report", "render_report", "STATUS_LABELS"]
+
+log = logging.getLogger(__name__)
+
+#: Status of a slide -> (label shown, CSS modifier of its badge).
+STATUS_LABELS: dict[str, tuple[str, str]] = {
+    "done": ("Done", "ok"),
+    "skipped": ("Done earlier", "info"),
+    "no tissue": ("No tissue", "warn"),
+    "failed": ("Failed", "error"),
+}
+
+#: Largest embedded widths (px); larger images are downscaled before embedding.
+_MAX_THUMB_PX = 1600
+_MAX_OVERLAY_PX = 3200
+_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+
+_CSS = """
+:root {
+  --ink: #1d2733; --muted: #5f6b7a; --line: #dfe3e8; --bg: #f3f4f6; --card: #ffffff;
+  --accent: #34495e; --ok: #1e7b3a; --ok-bg: #e4f4e8; --info: #2f5f8a; --info-bg: #e5eef7;
+  --warn: #8a5a00; --warn-bg: #fdf3dc; --error: #a3211b; --error-bg: #fbe6e4;
+}
+* { box-sizing: border-box; }
+html { -webkit-text-size-adjust: 100%; }
+body {
+  margin: 0; background: var(--bg); color: var(--ink);
+  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+    "Noto Sans", "Liberation Sans", sans-serif;
+}
+main { max-width: 1180px; margin: 0 auto; padding: 28px 24px 40px; }
+h1 { font-size: 24px; margin: 0 0 2px; letter-spacing: -0.01em; }
+h2 { font-size: 19px; margin: 0; overflow-wrap: anywhere; }
+h3 {
+  font-size: 12px; margin: 0 0 8px; color: var(--muted); font-weight: 600;
+  text-transform: uppercase; letter-spacing: 0.06em;
+}
+.card {
+  background: var(--card); border: 1px solid var(--line); border-radius: 8px;
+  padding: 20px 24px; margin: 0 0 20px; box-shadow: 0 1px 2px rgba(16, 24, 40, 0.04);
+}
+.sub { color: var(--muted); margin: 0 0 16px; font-size: 13px; }
+.mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace;
+  font-size: 12.5px; }
+dl.settings {
+  display: grid; grid-template-columns: repeat(4, minmax(0, 1fr)); gap: 12px 24px; margin: 0;
+}
+dl.settings div { min-width: 0; }
+dl.settings dt, dl.figures dt { color: var(--muted); font-size: 12px; }
+dl.settings dd { margin: 0; font-weight: 600; overflow-wrap: anywhere; }
+dl.settings dd .mono, dl.settings dd small { font-weight: 400; }
+dl.settings dd small { color: var(--muted); }
+.counts { display: flex; gap: 8px; flex-wrap: wrap; margin: 16px 0 0; }
+table { border-collapse: collapse; width: 100%; font-size: 14px; }
+th, td { padding: 7px 10px; border-bottom: 1px solid var(--line); text-align: left;
+  vertical-align: top; }
+th { font-size: 12px; color: var(--muted); font-weight: 600; background: #f8f9fb; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr:last-child td { border-bottom: none; }
+tr.total td { font-weight: 600; border-top: 2px solid var(--line); }
+td.name { overflow-wrap: anywhere; min-width: 210px; }
+td.name a { color: var(--ink); font-weight: 600; text-decoration: none; }
+td.name a:hover { text-decoration: underline; }
+td.note { color: var(--muted); font-size: 13px; overflow-wrap: anywhere; max-width: 300px; }
+.badge {
+  display: inline-block; padding: 1px 9px; border-radius: 999px; font-size: 12px;
+  font-weight: 600; white-space: nowrap; border: 1px solid transparent;
+}
+.badge.ok { color: var(--ok); background: var(--ok-bg); border-color: #bfe3c9; }
+.badge.info { color: var(--info); background: var(--info-bg); border-color: #c3d6ea; }
+.badge.warn { color: var(--warn); background: var(--warn-bg); border-color: #f0d9a0; }
+.badge.error { color: var(--error); background: var(--error-bg); border-color: #f1bdb8; }
+.slide-head { display: flex; align-items: center; gap: 12px; flex-wrap: wrap; }
+.slide-head .idx { color: var(--muted); font-weight: 600; }
+.path { color: var(--muted); font-size: 12.5px; margin: 2px 0 14px; overflow-wrap: anywhere; }
+.alert { border-radius: 6px; padding: 10px 14px; margin: 0 0 14px; font-size: 14px;
+  border-left: 4px solid; overflow-wrap: anywhere; }
+.alert.error { background: var(--error-bg); border-color: var(--error); }
+.alert.warn { background: var(--warn-bg); border-color: #d99a00; }
+.alert.info { background: var(--info-bg); border-color: var(--info); }
+.alert strong { margin-right: 4px; }
+.alert pre { white-space: pre-wrap; margin: 6px 0 0; }
+.images { display: flex; gap: 16px; align-items: flex-start; margin: 0 0 18px; }
+figure { margin: 0; min-width: 0; flex: 1 1 0; }
+figure img { display: block; width: 100%; height: auto; border: 1px solid var(--line);
+  border-radius: 4px; background: #fff; }
+figcaption { font-size: 12px; color: var(--muted); margin-top: 4px; }
+.missing { border: 1px dashed #c4cad3; border-radius: 4px; padding: 18px; color: var(--muted);
+  font-size: 13px; background: #fafbfc; }
+.details { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 24px; }
+.swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
+  border: 1px solid rgba(0, 0, 0, 0.35); margin-right: 8px; vertical-align: -1px; }
+.bar { position: relative; height: 8px; background: #eef0f3; border-radius: 4px;
+  min-width: 80px; margin-top: 6px; }
+.bar span { position: absolute; left: 0; top: 0; bottom: 0; border-radius: 4px; }
+dl.figures { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 10px 18px;
+  margin: 0; }
+dl.figures dd { margin: 0; font-weight: 600; font-variant-numeric: tabular-nums; }
+dl.figures dd small { font-weight: 400; color: var(--muted); }
+footer { color: var(--muted); font-size: 12px; text-align: center; margin-top: 8px; }
+@media (max-width: 900px) {
+  dl.settings { grid-template-columns: repeat(2, minmax(0, 1fr)); }
+  .details { grid-template-columns: minmax(0, 1fr); }
+}
+@media print {
+  body { background: #fff; }
+  .card { box-shadow: none; break-inside: avoid; }
+}
+"""
+
+
+def _e(value: object) -> str:
+    """HTML-escape any value's text (quotes too, so it is safe in attributes)."""
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: object) -> float | None:
+    """A finite float from a JSON value, or None (bools and non-numbers are None)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    """A number with about ``digits`` significant digits (no exponent), or an em dash."""
+    if value is None:
+        return "\u2014"
+    if value == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(value)))
+    decimals = max(0, min(6, digits - 1 - mag))
+    return f"{value:,.{decimals}f}"
+
+
+def _fmt_pct(fraction: float | None) -> str:
+    """A fraction as a percentage with one decimal (``<0.1 %`` for tiny non-zero ones)."""
+    if fraction is None:
+        return "\u2014"
+    pct = fraction * 100.0
+    if 0 < pct < 0.05:
+        return "&lt;0.1&#8201;%"
+    return f"{pct:.1f}&#8201;%"
+
+
+def _rgb(colour: object) -> str | None:
+    """A CSS ``rgb()`` from a ``[r, g, b]`` list of numbers, clamped; None if malformed."""
+    if not isinstance(colour, Sequence) or isinstance(colour, str) or len(colour) < 3:
+        return None
+    vals = [_num(c) for c in colour[:3]]
+    if any(v is None for v in vals):
+        return None
+    r, g, b = (max(0, min(255, round(v or 0.0))) for v in vals)
+    return f"rgb({r}, {g}, {b})"
+
+
+def _slide_name(slide: str) -> str:
+    """The file (or folder) name of a slide path, the path itself if it has none."""
+    name = Path(slide).name if slide else ""
+    return name or slide or "(unnamed slide)"
+
+
+def _anchor(index: int, name: str) -> str:
+    """A unique, URL-safe section id for the slide at ``index``."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:40]
+    return f"slide-{index + 1}" + (f"-{slug}" if slug else "")
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    """An image ready for an ``<img>``, or why there is none."""
+
+    uri: str | None
+    width: int = 0
+    height: int = 0
+    note: str = ""
+
+
+def _embed_image(path: Path, max_width: int, *, photo: bool) -> _Embedded:
+    """Read ``path`` as a base64 data URI, downscaled to ``max_width`` when wider.
+
+    Parameters
+    ----------
+    path : Path
+        Image file (PNG or JPEG).
+    max_width : int
+        Largest embedded width in pixels; wider images are resized (Lanczos).
+    photo : bool
+        Re-encode a downscaled image as JPEG (photographic content) instead of PNG.
+
+    Returns
+    -------
+    _Embedded
+        The data URI and size, or ``uri=None`` with a note when the file is missing
+        or is not a readable image.
+    """
+    if not path.is_file():
+        return _Embedded(None, note=f"{path.name} not found in {path.parent}")
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format or ""
+            width, height = img.size
+            if width <= max_width and fmt in _MIME:
+                mime = _MIME[fmt]
+            else:
+                scale = min(1.0, max_width / width)
+                size = (max(1, round(width * scale)), max(1, round(height * scale)))
+                small = img.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+                buf = io.BytesIO()
+                if photo:
+                    small.save(buf, format="JPEG", quality=88)
+                    mime = "image/jpeg"
+                else:
+                    small.save(buf, format="PNG")
+                    mime = "image/png"
+                data, (width, height) = buf.getvalue(), size
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        log.warning("report: cannot embed %s: %s", path, exc)
+        return _Embedded(None, note=f"{path.name} could not be read ({type(exc).__name__})")
+    uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return _Embedded(uri, width, height)
+
+
+def _class_colours(run: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
+    """Class name -> CSS colour from the run's model config, and the background class."""
+    model_cfg = run.get("model_config")
+    classes = model_cfg.get("classes") if isinstance(model_cfg, Mapping) else None
+    colours: dict[str, str] = {}
+    background: str | None = None
+    if isinstance(classes, Sequence) and not isinstance(classes, str):
+        for i, item in enumerate(classes):
+            if not isinstance(item, Mapping) or "name" not in item:
+                continue
+            name = str(item["name"])
+            if i == 0:
+                background = name
+            css = _rgb(item.get("color"))
+            if css is not None:
+                colours[name] = css
+    return colours, background
+
+
+def _tissue_classes(summary: Mapping[str, Any], background: str | None) -> list[str]:
+    """Names of a summary's classes, without the background (glass) class."""
+    classes = summary.get("classes")
+    if not isinstance(classes, Mapping):
+        return []
+    bg = background if background is not None else "Background"
+    return [str(n) for n in classes if str(n) != bg]
+
+
+def _class_entry(summary: Mapping[str, Any], name: str) -> tuple[float | None, float | None]:
+    """(area in mm², fraction of tissue) of a class in a summary; None where absent."""
+    classes = summary.get("classes")
+    entry = classes.get(name) if isinstance(classes, Mapping) else None
+    if not isinstance(entry, Mapping):
+        return None, None
+    return _num(entry.get("area_mm2")), _num(entry.get("fraction_of_tissue"))
+
+
+def _seconds(summary: Mapping[str, Any]) -> float | None:
+    """Wall time of a slide: ``wall_seconds``, else the sum of its timed steps."""
+    wall = _num(summary.get("wall_seconds"))
+    if wall is not None:
+        return wall
+    steps = summary.get("seconds")
+    if isinstance(steps, Mapping):
+        vals = [v for v in (_num(s) for s in steps.values()) if v is not None]
+        return sum(vals) if vals else None
+    return None
+
+
+def _budget(model_cfg: Mapping[str, Any]) -> str:
+    """The sampling budget of a model config as text (e.g. ``1/256 of pixels``)."""
+    sampler = model_cfg.get("sampler")
+    if sampler == "tiled":
+        return "full resolution"
+    sample, region = _num(model_cfg.get("sample_px")), _num(model_cfg.get("region_px"))
+    if not sample or not region:
+        return "\u2014"
+    ratio = (region / sample) ** 2
+    frac = f"1/{round(ratio)}" if abs(ratio - round(ratio)) < 1e-6 else f"{1 / ratio:.4f}"
+    return f"{frac} of pixels ({sample:g}\u00b2 samples per {region:g}\u00b2 region)"
+
+
+def _header(run: Mapping[str, Any], slides: Sequence[Mapping[str, Any]]) -> str:
+    """The page header: title, run settings and a count of slides by status."""
+    model_cfg = run.get("model_config")
+    mc: Mapping[str, Any] = model_cfg if isinstance(model_cfg, Mapping) else {}
+    seg_cfg = run.get("segment_config")
+    sc: Mapping[str, Any] = seg_cfg if isinstance(seg_cfg, Mapping) else {}
+    model = str(run.get("model") or "\u2014")
+    sha = str(run.get("model_sha256") or "")
+    task_mpp = _num(mc.get("task_mpp"))
+    out_mpp = _num(sc.get("output_mpp"))
+    if out_mpp is not None:
+        out_mpp_text = f"{_fmt(out_mpp)} µm/px"
+    elif task_mpp is not None:
+        out_mpp_text = f"{_fmt(task_mpp * 4)} µm/px <small>(default, 4\u00d7 task)</small>"
+    else:
+        out_mpp_text = "default"
+    workers = run.get("workers")
+    cluster = str(run.get("cluster") or "local")
+    items: list[tuple[str, str]] = [
+        (
+            "Model",
+            f'<span title="{_e(model)}">{_e(Path(model).name or model)}</span>'
+            + (f'<br><span class="mono" title="sha256 {_e(sha)}">sha256 {_e(sha[:12])}</span>'),
+        ),
+        ("Sampler", _e(mc.get("sampler", "\u2014"))),
+        ("Budget", _e(_budget(mc))),
+        ("Task pixel size", f"{_fmt(task_mpp)} µm/px" if task_mpp is not None else "\u2014"),
+        ("Output pixel size", out_mpp_text),
+        ("Cluster", _e(cluster)),
+        ("Workers", _e(workers) if workers is not None else "default"),
+        ("Device", _e(sc.get("device", "\u2014"))),
+    ]
+    wall = _num(run.get("wall_seconds"))
+    if wall is not None:
+        items.append(("Run time", f"{_fmt(wall)} s"))
+    settings = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in items)
+    counts: dict[str, int] = {}
+    for s in slides:
+        status = str(s.get("status", ""))
+        counts[status] = counts.get(status, 0) + 1
+    badges = "".join(
+        f'<span class="badge {STATUS_LABELS.get(st, (st, "info"))[1]}">'
+        f"{n} {_e(STATUS_LABELS.get(st, (st, ''))[0].lower())}</span>"
+        for st, n in counts.items()
+    )
+    now = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    n = len(slides)
+    return (
+        '<header class="card">'
+        "<h1>Segmentation report</h1>"
+        f'<p class="sub">{n} slide{"s" if n != 1 else ""} \u00b7 generated {_e(now)} '
+        f"by wsiseg {_e(__version__)}</p>"
+        f'<dl class="settings">{settings}</dl>'
+        f'<div class="counts">{badges}</div>'
+        "</header>"
+    )
+
+
+def _badge(status: str) -> str:
+    label, kind = STATUS_LABELS.get(status, (status or "unknown", "info"))
+    return f'<span class="badge {kind}">{_e(label)}</span>'
+
+
+def _overview(
+    slides: Sequence[Mapping[str, Any]],
+    anchors: Sequence[str],
+    class_names: Sequence[str],
+    colours: Mapping[str, str],
+) -> str:
+    """The table of every slide: status, tissue area, class fractions, time, message."""
+    head = "".join(
+        f'<th class="num"><span class="swatch" style="background: {colours[c]}"></span>{_e(c)}</th>'
+        if c in colours
+        else f'<th class="num">{_e(c)}</th>'
+        for c in class_names
+    )
+    rows = []
+    for i, (s, anchor) in enumerate(zip(slides, anchors, strict=True)):
+        summary = _summary(s)
+        status = str(s.get("status", ""))
+        cells = "".join(
+            f'<td class="num">{_fmt_pct(_class_entry(summary, c)[1])}</td>' for c in class_names
+        )
+        tissue = _num(summary.get("tissue_area_mm2"))
+        secs = _seconds(summary)
+        message = str(s.get("message") or "")
+        if status in ("done", "skipped"):
+            message = ""
+        short = message if len(message) <= 140 else message[:139] + "\u2026"
+        rows.append(
+            f'<tr><td class="num">{i + 1}</td>'
+            f'<td class="name"><a href="#{anchor}">{_e(_slide_name(str(s.get("slide", ""))))}</a></td>'
+            f"<td>{_badge(status)}</td>"
+            f'<td class="num">{_fmt(tissue) if tissue is not None else chr(0x2014)}</td>'
+            f"{cells}"
+            f'<td class="num">{_fmt(secs) if secs is not None else chr(0x2014)}</td>'
+            f'<td class="note" title="{_e(message)}">{_e(short)}</td></tr>'
+        )
+    return (
+        '<section class="card overview"><h3>Slides</h3><table>'
+        '<thead><tr><th class="num">#</th><th>Slide</th><th>Status</th>'
+        f'<th class="num">Tissue mm²</th>{head}<th class="num">Time s</th><th>Note</th></tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+        + (
+            '<p class="sub" style="margin: 8px 0 0">Class columns: % of tissue area.</p>'
+            if class_names
+            else ""
+        )
+        + "</section>"
+    )
+
+
+def _summary(slide: Mapping[str, Any]) -> Mapping[str, Any]:
+    summary = slide.get("summary")
+    return summary if isinstance(summary, Mapping) else {}
+
+
+def _figure(img: _Embedded, caption: str, alt: str, grow: float) -> str:
+    """One ``<figure>``: the image (at most 2x its pixel size) or a note where missing."""
+    if img.uri is None:
+        return (
+            f'<figure style="flex-grow: {grow:g}"><div class="missing">{_e(img.note)}</div>'
+            f"<figcaption>{_e(caption)}</figcaption></figure>"
+        )
+    return (
+        f'<figure style="flex-grow: {grow:g}; max-width: {2 * img.width}px">'
+        f'<img src="{img.uri}" width="{img.width}" height="{img.height}" alt="{_e(alt)}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
+
+
+def _images(out: Path | None, name: str, sampler: object) -> str:
+    """Thumbnail and overlay side by side at the same scale (or notes where missing)."""
+    if out is None:
+        return (
+            '<div class="images"><div class="missing">No output folder recorded for this '
+            "slide; images cannot be shown.</div></div>"
+        )
+    thumb = _embed_image(out / "thumbnail.png", _MAX_THUMB_PX, photo=True)
+    overlay = _embed_image(out / "overlay.png", _MAX_OVERLAY_PX, photo=False)
+    # Widths in proportion to the images' pixel widths: the thumbnail and the overlay's
+    # mask panel (the same pixel grid) are then drawn at the same scale.
+    if thumb.uri is not None and overlay.uri is not None:
+        grow_t, grow_o = float(thumb.width), float(overlay.width)
+    else:
+        grow_t, grow_o = 1.0, 2.0
+    caption = "Segmentation over the thumbnail"
+    if sampler == "learned":
+        caption += " \u00b7 learned sampling density (brighter: sampled more densely)"
+    return (
+        '<div class="images">'
+        + _figure(thumb, "Thumbnail", f"Thumbnail of {name}", grow_t)
+        + _figure(overlay, caption, f"Segmentation overlay of {name}", grow_o)
+        + "</div>"
+    )
+
+
+def _class_table(
+    summary: Mapping[str, Any], background: str | None, colours: Mapping[str, str]
+) -> str:
+    names = _tissue_classes(summary, background)
+    if not names:
+        return '<div><h3>Class areas</h3><p class="sub">No class areas in the summary.</p></div>'
+    rows = []
+    for c in names:
+        area, frac = _class_entry(summary, c)
+        colour = colours.get(c, "#9aa4b1")
+        width = max(0.0, min(100.0, (frac or 0.0) * 100.0))
+        rows.append(
+            f'<tr><td><span class="swatch" style="background: {colour}"></span>{_e(c)}'
+            f'<div class="bar"><span style="width: {width:.2f}%; background: {colour}"></span>'
+            f"</div></td>"
+            f'<td class="num">{_fmt(area)}</td><td class="num">{_fmt_pct(frac)}</td></tr>'
+        )
+    tissue = _num(summary.get("tissue_area_mm2"))
+    if tissue is not None:
+        rows.append(
+            f'<tr class="total"><td>Tissue</td><td class="num">{_fmt(tissue)}</td>'
+            '<td class="num">100.0&#8201;%</td></tr>'
+        )
+    return (
+        "<div><h3>Class areas</h3><table><thead><tr><th>Class</th>"
+        '<th class="num">Area mm²</th><th class="num">% of tissue</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _key_figures(summary: Mapping[str, Any]) -> str:
+    """Regions, decoding cost, pixel sizes and time of one slide."""
+    ppt = _num(summary.get("pixels_decoded_per_tissue_pixel"))
+    ppt_text = _fmt(ppt)
+    if ppt and ppt < 1:
+        ppt_text += f" <small>(1 in {_fmt(1 / ppt, 2)})</small>"
+    slide_mpp = _num(summary.get("slide_mpp"))
+    mpp_source = summary.get("mpp_source")
+    slide_mpp_text = f"{_fmt(slide_mpp)} µm/px" if slide_mpp is not None else "\u2014"
+    if mpp_source == "override":
+        slide_mpp_text += " <small>(--mpp)</small>"
+    elif mpp_source:
+        slide_mpp_text += f" <small>({_e(mpp_source)})</small>"
+    out_mpp = _num(summary.get("output_mpp"))
+    secs = _seconds(summary)
+    steps = summary.get("seconds")
+    steps_text = ""
+    if isinstance(steps, Mapping) and steps:
+        parts = [f"{_e(k)} {_fmt(_num(v))}" for k, v in steps.items() if _num(v) is not None]
+        steps_text = f" <small>(summed steps: {', '.join(parts)} s)</small>" if parts else ""
+    regions = _num(summary.get("regions"))
+    features = _num(summary.get("features"))
+    items = [
+        ("Regions", f"{regions:,.0f}" if regions is not None else "\u2014"),
+        ("Pixels decoded per tissue pixel", ppt_text),
+        ("Slide pixel size", slide_mpp_text),
+        ("Output pixel size", f"{_fmt(out_mpp)} µm/px" if out_mpp is not None else "\u2014"),
+        ("Time", (f"{_fmt(secs)} s" if secs is not None else "\u2014") + steps_text),
+        ("Annotations (GeoJSON)", f"{features:,.0f}" if features is not None else "\u2014"),
+    ]
+    body = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in items)
+    return f'<div><h3>Key figures</h3><dl class="figures">{body}</dl></div>'
+
+
+def _slide_section(
+    index: int,
+    slide: Mapping[str, Any],
+    anchor: str,
+    background: str | None,
+    colours: Mapping[str, str],
+) -> str:
+    """One slide's ``<section>``: name, status, warnings, images, tables."""
+    path = str(slide.get("slide", ""))
+    name = _slide_name(path)
+    status = str(slide.get("status", ""))
+    message = str(slide.get("message") or "")
+    summary = _summary(slide)
+    out_raw = slide.get("out")
+    out = Path(str(out_raw)) if out_raw else None
+    alerts = []
+    if status == "failed":
+        alerts.append(
+            '<div class="alert error"><strong>Failed.</strong>'
+            f"<pre>{_e(message or 'no message')}</pre></div>"
+        )
+    elif status == "no tissue":
+        alerts.append(
+            '<div class="alert warn"><strong>No tissue found.</strong>Nothing was segmented'
+            + (f" ({_e(message)})." if message else ".")
+            + "</div>"
+        )
+    elif status == "skipped":
+        alerts.append(
+            '<div class="alert info"><strong>Done earlier.</strong>Results of a previous run '
+            "with the same model and settings"
+            + (f" ({_e(message)})" if message and message != "already done" else "")
+            + ".</div>"
+        )
+    elif status != "done":
+        alerts.append(f'<div class="alert warn"><strong>{_e(status)}</strong>{_e(message)}</div>')
+    if summary.get("mpp_source") == "override":
+        mpp = _num(summary.get("slide_mpp"))
+        alerts.append(
+            '<div class="alert warn"><strong>Pixel size given by hand.</strong>'
+            + (f"{_fmt(mpp)} µm/px" if mpp is not None else "The pixel size")
+            + ' came from <span class="mono">--mpp</span>: the slide\'s metadata has none or '
+            "an implausible one. Areas are only as right as this value.</div>"
+        )
+    body = ""
+    if status in ("done", "skipped"):
+        body = (
+            _images(out, name, summary.get("sampler"))
+            + '<div class="details">'
+            + _class_table(summary, background, colours)
+            + _key_figures(summary)
+            + "</div>"
+        )
+    where = f" \u2192 {_e(out)}" if out is not None else ""
+    return (
+        f'<section class="slide card" id="{anchor}">'
+        f'<div class="slide-head"><span class="idx">{index + 1}</span>'
+        f"<h2>{_e(name)}</h2>{_badge(status)}</div>"
+        f'<div class="path mono">{_e(path)}{where}</div>' + "".join(alerts) + body + "</section>"
+    )
+
+
+def render_report(run: Mapping[str, Any], slides: Sequence[Mapping[str, Any]]) -> str:
+    """Build the report's HTML text (see :func:`write_report`)."""
+    colours, background = _class_colours(run)
+    model_cfg = run.get("model_config")
+    class_names: list[str] = []
+    if isinstance(model_cfg, Mapping) and isinstance(model_cfg.get("classes"), Sequence):
+        class_names = [
+            str(c["name"])
+            for i, c in enumerate(model_cfg["classes"])
+            if i > 0 and isinstance(c, Mapping) and "name" in c
+        ]
+    if not class_names:  # no model config: the classes seen in the summaries
+        for s in slides:
+            for c in _tissue_classes(_summary(s), background):
+                if c not in class_names:
+                    class_names.append(c)
+    anchors = []
+    for i, s in enumerate(slides):
+        anchors.append(_anchor(i, _slide_name(str(s.get("slide", "")))))
+    sections = "".join(
+        _slide_section(i, s, a, background, colours)
+        for i, (s, a) in enumerate(zip(slides, anchors, strict=True))
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "img-src data:; style-src 'unsafe-inline'\">"
+        "<title>wsiseg segmentation report</title>"
+        f"<style>{_CSS}</style></head><body><main>"
+        + _header(run, slides)
+        + _overview(slides, anchors, class_names, colours)
+        + sections
+        + f"<footer>wsiseg {_e(__version__)} \u00b7 self-contained report: images embedded, "
+        "no network access needed</footer>" + "</main></body></html>\n"
+    )
+
+
+def write_report(path: Path, run: Mapping[str, Any], slides: Sequence[Mapping[str, Any]]) -> Path:
+    """Write a self-contained HTML report of a segmentation run.
+
+    Parameters
+    ----------
+    path : Path
+        The HTML file to write (replaced atomically if it exists).
+    run : Mapping
+        What ``wsiseg segment`` writes to ``run.json`` (``model``, ``model_sha256``,
+        ``model_config``, ``segment_config``, ``cluster``, ``workers``, ...), and
+        optionally ``wall_seconds``.
+    slides : Sequence of Mapping
+        One mapping per slide with ``slide`` (path), ``status`` (``done``,
+        ``skipped``, ``no tissue`` or ``failed``), ``message``, ``out`` (its output
+        folder or None) and ``summary`` (its parsed ``summary.json`` or ``{}``).
+        Images are read from ``out`` (``thumbnail.png``, ``overlay.png``).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    text = render_report(run, slides)
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    log.info("report written to %s (%d slides)", path, len(slides))
+    return path
