@@ -278,20 +278,31 @@ def _load_rgb(path: Path) -> np.ndarray:
     return ((rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
-def _load_labels(path: Path, class_map: Sequence[int] | None, binary: bool) -> np.ndarray:
+def _load_labels(
+    path: Path, class_map: Sequence[int] | None, binary: bool, n_classes: int | None
+) -> np.ndarray:
     with Image.open(path) as im:
         arr = np.asarray(im)
     if arr.ndim == 3:
         arr = arr[..., 0]
     if binary:  # instance maps (GlaS glands, CPM nuclei) -> object vs background
         return (arr > 0).astype(np.uint8)
-    if arr.max() > 255:
-        raise InputError(f"{path.name}: label values above 255; use --binary-labels for instances")
+    top = int(arr.max()) if arr.size else 0
+    limit = len(class_map) if class_map is not None else n_classes
+    if top > 255 or (limit is not None and top >= limit):
+        raise InputError(
+            f"{path.name}: label values go up to {top}, more than the {limit} classes; "
+            "use --binary-labels for instance maps"
+        )
     return _remap(arr, class_map)
 
 
 def _pair_sources(
-    root: Path, mpp: float | None, class_map: Sequence[int] | None, binary: bool
+    root: Path,
+    mpp: float | None,
+    class_map: Sequence[int] | None,
+    binary: bool,
+    n_classes: int | None = None,
 ) -> list[ArraySource]:
     pairs: list[tuple[Path, Path]] = []
     if (root / "images").is_dir() and (root / "masks").is_dir():
@@ -315,7 +326,7 @@ def _pair_sources(
     if mpp is None:
         raise InputError(f"{root}: image/mask tiles carry no pixel size; pass --data-mpp")
     return [
-        ArraySource(img.stem, _load_rgb(img), _load_labels(m, class_map, binary), mpp)
+        ArraySource(img.stem, _load_rgb(img), _load_labels(m, class_map, binary, n_classes), mpp)
         for img, m in pairs
     ]
 
@@ -415,7 +426,8 @@ def discover_sources(
                 img = img[: lab.shape[0], : lab.shape[1]]
                 sources.append(ArraySource(gj.stem, img, lab, mpp))
         if not sources:
-            sources.extend(_pair_sources(root, data_mpp, class_map, binary_labels))
+            n = len(class_names) if class_names else None
+            sources.extend(_pair_sources(root, data_mpp, class_map, binary_labels, n))
     if not sources:
         raise InputError(
             f"{root}: no labeled images found (expected NAME.tiff + NAME_mask.tiff, a PANDA "
