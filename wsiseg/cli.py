@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -503,6 +504,7 @@ def segment(
     from wsiseg.pipeline.run import model_info, segment_slide
     from wsiseg.tiling import parse_shard, take_shard
 
+    t_run = time.perf_counter()
     shard_ix = parse_shard(shard)
     paths = [Path(p) for p in take_shard([str(p) for p in _expand_slides(slides)], shard_ix)]
     if not paths:
@@ -547,7 +549,7 @@ def segment(
                 )
             elif outcome.status == "no tissue":
                 log.warning("%s: no tissue found; nothing written", path)
-    run = {
+    run: dict[str, Any] = {
         "model": str(info.path),
         "model_sha256": info.sha256,
         "model_config": info.config.to_dict(),
@@ -564,9 +566,26 @@ def segment(
             for o in outcomes
         ],
     }
-    run_name = "run.json" if shard is None else f"run-shard-{shard_ix[0]}-of-{shard_ix[1]}.json"
-    with atomic_path(out / run_name, overwrite=True) as tmp:
+    run["wall_seconds"] = round(time.perf_counter() - t_run, 3)
+    suffix = "" if shard is None else f"-shard-{shard_ix[0]}-of-{shard_ix[1]}"
+    with atomic_path(out / f"run{suffix}.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(run, indent=2) + "\n")
+    from wsiseg.export.report import write_report
+
+    write_report(
+        out / f"report{suffix}.html",
+        run,
+        [
+            {
+                "slide": o.slide,
+                "status": o.status,
+                "message": o.message,
+                "out": str(o.out_dir) if o.out_dir else None,
+                "summary": o.summary,
+            }
+            for o in outcomes
+        ],
+    )
     for o in outcomes:
         click.echo(
             f"{o.status:>9}  {o.slide}" + (f"  -> {o.out_dir}" if o.out_dir else f"  ({o.message})")

@@ -1,4 +1,4 @@
-"""Outputs: pyramidal label OME-TIFF, QuPath GeoJSON, overlay PNG (arrays in, files out).
+"""Outputs: label OME-TIFF, QuPath GeoJSON, overlay PNG, HTML QC report (files out).
 
 Every writer is atomic (temporary name, renamed when complete) and refuses to
 replace an existing file unless ``overwrite=True``. The QuPath import script is
@@ -22,6 +22,7 @@ from wsiseg.export.ome_tiff import (
     write_label_ome_tiff,
 )
 from wsiseg.export.overlay import render_overlay, viridis, write_png
+from wsiseg.export.report import render_report, write_report
 
 __all__ = [
     "AREA_MEASUREMENT",
@@ -33,8 +34,10 @@ __all__ = [
     "read_label_classes",
     "read_label_ome_tiff",
     "render_overlay",
+    "render_report",
     "viridis",
     "write_geojson",
     "write_label_ome_tiff",
     "write_png",
+    "write_report",
 ]

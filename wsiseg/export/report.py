@@ -70,6 +70,7 @@ h3 {
   background: var(--card); border: 1px solid var(--line); border-radius: 8px;
   padding: 20px 24px; margin: 0 0 20px; box-shadow: 0 1px 2px rgba(16, 24, 40, 0.04);
 }
+.card > :last-child { margin-bottom: 0; }
 .sub { color: var(--muted); margin: 0 0 16px; font-size: 13px; }
 .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace;
   font-size: 12.5px; }
@@ -128,6 +129,9 @@ dl.figures { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); ga
   margin: 0; }
 dl.figures dd { margin: 0; font-weight: 600; font-variant-numeric: tabular-nums; }
 dl.figures dd small { font-weight: 400; color: var(--muted); }
+.phases { font-size: 12.5px; color: var(--muted); margin: 14px 0 0; line-height: 1.7; }
+.phases span { white-space: nowrap; }
+.phases b { color: var(--ink); font-weight: 600; font-variant-numeric: tabular-nums; }
 footer { color: var(--muted); font-size: 12px; text-align: center; margin-top: 8px; }
 @media (max-width: 900px) {
   dl.settings { grid-template-columns: repeat(2, minmax(0, 1fr)); }
@@ -520,10 +524,19 @@ def _key_figures(summary: Mapping[str, Any]) -> str:
     out_mpp = _num(summary.get("output_mpp"))
     secs = _seconds(summary)
     steps = summary.get("seconds")
-    steps_text = ""
+    phases = ""
     if isinstance(steps, Mapping) and steps:
-        parts = [f"{_e(k)} {_fmt(_num(v))}" for k, v in steps.items() if _num(v) is not None]
-        steps_text = f" <small>(summed steps: {', '.join(parts)} s)</small>" if parts else ""
+        parts = [
+            f"<span>{_e(k)} <b>{_fmt(_num(v))}&#8201;s</b></span>"
+            for k, v in steps.items()
+            if _num(v) is not None
+        ]
+        if parts:
+            phases = (
+                '<p class="phases">Time by phase, summed over workers: '
+                + " \u00b7 ".join(parts)
+                + "</p>"
+            )
     regions = _num(summary.get("regions"))
     features = _num(summary.get("features"))
     items = [
@@ -531,11 +544,11 @@ def _key_figures(summary: Mapping[str, Any]) -> str:
         ("Pixels decoded per tissue pixel", ppt_text),
         ("Slide pixel size", slide_mpp_text),
         ("Output pixel size", f"{_fmt(out_mpp)} µm/px" if out_mpp is not None else "\u2014"),
-        ("Time", (f"{_fmt(secs)} s" if secs is not None else "\u2014") + steps_text),
+        ("Wall time", f"{_fmt(secs)} s" if secs is not None else "\u2014"),
         ("Annotations (GeoJSON)", f"{features:,.0f}" if features is not None else "\u2014"),
     ]
     body = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in items)
-    return f'<div><h3>Key figures</h3><dl class="figures">{body}</dl></div>'
+    return f'<div><h3>Key figures</h3><dl class="figures">{body}</dl>{phases}</div>'
 
 
 def _slide_section(
