@@ -167,3 +167,35 @@ def test_rerun_after_interrupted_outputs(one_worker: Path, slides: Path, tmp_pat
     )
     assert (out / "held-out-902" / "summary.json").is_file()
     assert not list((out / "held-out-902").glob(".*")), "stale scratch is cleaned up"
+
+
+def test_slide_without_tissue_is_reported_not_failed(tmp_path: Path, capsys) -> None:
+    glass = np.full((2048, 2048, 3), 242, np.uint8)
+    glass += np.random.default_rng(0).integers(0, 4, glass.shape, dtype=np.uint8)
+    path = tmp_path / "glass.tiff"
+    res = 1e4 / 0.5  # pixels per cm at 0.5 µm/px
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(
+            glass,
+            tile=(256, 256),
+            compression="jpeg",
+            photometric="rgb",
+            resolution=(res, res),
+            resolutionunit="CENTIMETER",
+        )
+        tw.write(
+            glass[::4, ::4],
+            tile=(256, 256),
+            compression="jpeg",
+            photometric="rgb",
+            subfiletype=1,
+            resolution=(res / 4, res / 4),
+            resolutionunit="CENTIMETER",
+        )
+    out = tmp_path / "out"
+    assert run_cli(["segment", str(path), "-o", str(out), "--workers", "1"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["slides"][0]["status"] == "no tissue"
+    assert not (out / "glass").exists()
+    assert "no tissue" in (out / "report.html").read_text()
+    capsys.readouterr()
