@@ -33,21 +33,11 @@ def _tiny_model(folder: Path) -> Path:
     import torch
 
     from wsiseg.models.checkpoint import save_checkpoint
-    from wsiseg.models.config import ModelConfig
+    from wsiseg.models.config import packaged_model_config
     from wsiseg.models.deformseg import DeformSeg
     from wsiseg.models.loading import checkpoint_config
 
-    cfg = ModelConfig(
-        segmenter="unet-tiny",
-        region_px=256,
-        sample_px=64,
-        saliency_input_px=32,
-        saliency_grid_px=16,
-        saliency_width=8,
-        radius_cells=3,
-        tile_overlap_px=16,
-        tile_train_px=64,
-    )
+    cfg = packaged_model_config("tiny")
     torch.manual_seed(0)
     return Path(
         save_checkpoint(folder / "tiny", DeformSeg(cfg).state_dict(), checkpoint_config(cfg))

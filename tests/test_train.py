@@ -11,24 +11,14 @@ import torch
 
 from wsiseg.cli import main
 from wsiseg.models.checkpoint import CheckpointError
-from wsiseg.models.config import ModelConfig
+from wsiseg.models.config import packaged_model_config
 from wsiseg.models.deformseg import DeformSeg, MemorySource
 from wsiseg.models.loading import load_model
 from wsiseg.train.datasets import discover_sources
 from wsiseg.train.loop import TrainConfig, train, training_step
 from wsiseg.train.regions import RegionDrawer, to_tensors
 
-TINY = ModelConfig(
-    segmenter="unet-tiny",
-    region_px=256,
-    sample_px=64,
-    saliency_input_px=32,
-    saliency_grid_px=16,
-    saliency_width=8,
-    radius_cells=3,
-    tile_overlap_px=16,
-    tile_train_px=64,
-)
+TINY = packaged_model_config("tiny")
 
 
 @pytest.fixture(scope="module")

@@ -246,23 +246,6 @@ def synth(
 
 
 # --------------------------------------------------------------------------- train
-def _load_yaml_config(config: str) -> dict[str, Any]:
-    import yaml
-
-    from wsiseg.resources import packaged_config
-
-    path = Path(config)
-    if not path.exists():
-        path = packaged_config("models", config)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise WsisegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(data, dict):
-        raise WsisegError(f"{path}: expected a mapping with 'model' and 'train' sections")
-    return data
-
-
 def _sources(data: Path, data_mpp: float | None, binary: bool, class_names: tuple[str, ...]):  # type: ignore[no-untyped-def]
     from wsiseg.train.datasets import discover_sources
 
@@ -314,11 +297,11 @@ def train(
     """Train a learned, uniform or tiled model on labeled slides."""
     from tqdm import tqdm
 
-    from wsiseg.models.config import ModelConfig
+    from wsiseg.models.config import ModelConfig, load_config_file
     from wsiseg.train.loop import StepInfo, TrainConfig
     from wsiseg.train.loop import train as run_training
 
-    raw = _load_yaml_config(config)
+    raw = load_config_file(config)
     model_cfg = ModelConfig.from_dict(raw.get("model", {}))
     if sampler:
         model_cfg = model_cfg.replace(sampler=sampler)

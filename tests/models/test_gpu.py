@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsiseg.models.config import ModelConfig
+from wsiseg.models.config import packaged_model_config
 from wsiseg.models.deformseg import DeformSeg, MemorySource
 
 pytestmark = pytest.mark.gpu
@@ -20,18 +20,7 @@ def _need_cuda() -> None:
 @pytest.mark.parametrize("sampler", ["learned", "uniform", "tiled"])
 def test_cuda_matches_cpu(sampler: str) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        sampler=sampler,
-        segmenter="unet-tiny",
-        region_px=256,
-        sample_px=64,
-        saliency_input_px=32,
-        saliency_grid_px=16,
-        saliency_width=8,
-        radius_cells=3,
-        tile_overlap_px=16,
-        tile_train_px=64,
-    )
+    cfg = packaged_model_config("tiny").replace(sampler=sampler)
     model = DeformSeg(cfg).eval()
     x = torch.rand(2, 3, 256, 256)
     cpu, _ = model.predict(MemorySource(x), (256, 256))

@@ -5,11 +5,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 from wsiseg.errors import InputError
 
-__all__ = ["ModelConfig", "SAMPLERS", "DEFAULT_CLASSES"]
+__all__ = [
+    "ModelConfig",
+    "SAMPLERS",
+    "DEFAULT_CLASSES",
+    "load_config_file",
+    "packaged_model_config",
+]
 
 SAMPLERS = ("learned", "uniform", "tiled")
 
@@ -109,3 +117,38 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+
+def load_config_file(config: str | Path) -> dict[str, Any]:
+    """A model YAML (a path, or the name of a packaged config) with ``model``/``train`` sections.
+
+    Raises
+    ------
+    InputError
+        Unknown name, unreadable file, invalid YAML or not a mapping.
+    """
+    import yaml
+
+    path = Path(config)
+    if not path.exists():
+        root = resources.files("wsiseg") / "resources" / "configs" / "models"
+        packaged = Path(str(root / f"{config}.yaml"))
+        if not packaged.is_file():
+            known = sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+            raise InputError(
+                f"no such file or packaged model config: {str(config)!r} (packaged: {', '.join(known)})"
+            )
+        path = packaged
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a readable YAML file ({first})") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping with 'model' and 'train' sections")
+    return data
+
+
+def packaged_model_config(name: str) -> ModelConfig:
+    """The ``model`` section of a packaged config (e.g. ``tiny`` for tests and smoke runs)."""
+    return ModelConfig.from_dict(load_config_file(name).get("model", {}))
