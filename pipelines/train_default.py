@@ -1,6 +1,6 @@
 """Reproduce the bundled default model and its evaluation table.
 
-    python pipelines/train_default.py --work runs/default [--steps 2000] [--install]
+    python pipelines/train_default.py --work runs/default [--steps N] [--install]
 
 1. writes synthetic slides: seeds 100-107 for training, 200-201 for validation and
    300-311 (12 slides) held out for testing;
