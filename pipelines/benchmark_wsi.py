@@ -92,6 +92,11 @@ def main() -> None:
     p.add_argument("--learned", type=Path, required=True)
     p.add_argument("--tiled", type=Path, required=True)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--learned-only",
+        action="store_true",
+        help="skip the tiled model (memory and cost vs slide size only)",
+    )
     a = p.parse_args()
     rows = []
     for size in a.sizes:
@@ -114,16 +119,15 @@ def main() -> None:
                 ]
             )
         row: dict = {"size_px": size}
-        for label, ckpt in (("learned", a.learned), ("tiled", a.tiled)):
+        models = [("learned", a.learned)] + ([] if a.learned_only else [("tiled", a.tiled)])
+        for label, ckpt in models:
             out = a.work / f"out-{label}-{size}-{int(time.time())}"
             row[label] = run_one(slide, mask, ckpt, out, a.workers)
             print(label, size, row[label], flush=True)
-        row["speedup_tiled_over_learned"] = round(
-            row["tiled"]["wall_s"] / row["learned"]["wall_s"], 2
-        )
-        row["miou_ratio_learned_over_tiled"] = round(
-            row["learned"]["miou"] / row["tiled"]["miou"], 4
-        )
+        if "tiled" in row:
+            L, T = row["learned"], row["tiled"]
+            row["speedup_tiled_over_learned"] = round(T["wall_s"] / L["wall_s"], 2)
+            row["miou_ratio_learned_over_tiled"] = round(L["miou"] / T["miou"], 4)
         rows.append(row)
     result = {
         "machine": f"{os.cpu_count()} CPU cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
@@ -135,10 +139,11 @@ def main() -> None:
         "| size | learned s | tiled s | speed-up | learned mIoU | tiled mIoU | decoded/tissue (learned) | decoded/tissue (tiled) | peak RSS GiB (learned / tiled) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    none = {"wall_s": "-", "miou": "-", "pixels_decoded_per_tissue_pixel": "-", "peak_rss_gib": "-"}
     for r in rows:
-        L, T = r["learned"], r["tiled"]
+        L, T = r["learned"], r.get("tiled", none)
         lines.append(
-            f"| {r['size_px']}² | {L['wall_s']} | {T['wall_s']} | {r['speedup_tiled_over_learned']}x | "
+            f"| {r['size_px']}² | {L['wall_s']} | {T['wall_s']} | {r.get('speedup_tiled_over_learned', '-')}x | "
             f"{L['miou']} | {T['miou']} | {L['pixels_decoded_per_tissue_pixel']} | "
             f"{T['pixels_decoded_per_tissue_pixel']} | {L['peak_rss_gib']} / {T['peak_rss_gib']} |"
         )
