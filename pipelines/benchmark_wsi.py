@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from wsiseg.cli import main as wsiseg
+from wsiseg.cli import invoke
 from wsiseg.export.ome_tiff import read_label_ome_tiff
 from wsiseg.train.datasets import LabelMask
 from wsiseg.train.metrics import confusion_matrix, mean_iou
@@ -64,11 +64,7 @@ def run_one(slide: Path, mask: Path, model: Path, out: Path, workers: int) -> di
     args = ["segment", str(slide), "-o", str(out), "--model", str(model), "--workers", str(workers)]
     t0 = time.perf_counter()
     with PeakRSS() as rss:
-        try:
-            wsiseg(args)
-        except SystemExit as exc:
-            if exc.code:
-                raise
+        invoke(args, echo=False)
     wall = time.perf_counter() - t0
     summary = json.loads((out / slide.stem / "summary.json").read_text())
     pred = read_label_ome_tiff(out / slide.stem / "mask.ome.tif")
@@ -103,7 +99,7 @@ def main() -> None:
         name = f"bench-{size}"
         slide, mask = a.work / "slides" / f"{name}.tiff", a.work / "slides" / f"{name}_mask.tiff"
         if not mask.exists():
-            wsiseg(
+            invoke(
                 [
                     "synth",
                     "-o",

@@ -16,19 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-from wsiseg.cli import main as wsiseg
+from wsiseg.cli import invoke
 from wsiseg.export.ome_tiff import read_label_ome_tiff
 from wsiseg.train.datasets import LabelMask
 from wsiseg.train.metrics import confusion_matrix, iou_dice, mean_iou
-
-
-def _call(args: list[str]) -> None:
-    print(f"$ wsiseg {' '.join(args)}", flush=True)
-    try:
-        wsiseg(args)
-    except SystemExit as exc:
-        if exc.code:
-            raise
 
 
 def run(out: Path, size: tuple[int, int], seed: int, workers: int | None) -> float:
@@ -36,7 +27,7 @@ def run(out: Path, size: tuple[int, int], seed: int, workers: int | None) -> flo
     name = f"demo-seed{seed}"
     image = slides / f"{name}.tiff"
     if not image.exists():
-        _call(
+        invoke(
             [
                 "synth",
                 "-o",
@@ -51,12 +42,12 @@ def run(out: Path, size: tuple[int, int], seed: int, workers: int | None) -> flo
                 str(size[1]),
             ]
         )
-    _call(["info", str(image)])
-    _call(["thumbnail", str(image), "-o", str(out / f"{name}-thumbnail.png"), "--thumb-mpp", "8"])
+    invoke(["info", str(image)])
+    invoke(["thumbnail", str(image), "-o", str(out / f"{name}-thumbnail.png"), "--thumb-mpp", "8"])
     seg_args = ["segment", str(image), "-o", str(out / "segmentation")]
     if workers:
         seg_args += ["--workers", str(workers)]
-    _call(seg_args)
+    invoke(seg_args)
     result = out / "segmentation" / name
     pred = read_label_ome_tiff(result / "mask.ome.tif")
     truth = LabelMask(slides / f"{name}_mask.tiff").at_grid(pred.shape)

@@ -21,20 +21,11 @@ import json
 import shutil
 from pathlib import Path
 
-from wsiseg.cli import main as wsiseg
+from wsiseg.cli import invoke
 
 REPO = Path(__file__).resolve().parents[1]
 SLIDE_PX = (8192, 6144)
 SPLITS = {"train": range(100, 108), "val": range(200, 202), "test": range(300, 312)}
-
-
-def call(args: list[str]) -> None:
-    print("$ wsiseg " + " ".join(args), flush=True)
-    try:
-        wsiseg(args)
-    except SystemExit as exc:
-        if exc.code:
-            raise
 
 
 def make_slides(work: Path) -> dict[str, Path]:
@@ -43,7 +34,7 @@ def make_slides(work: Path) -> dict[str, Path]:
         folder = work / "data" / split
         for seed in seeds:
             if not (folder / f"synth-{seed}_mask.tiff").exists():
-                call(
+                invoke(
                     [
                         "synth",
                         "-o",
@@ -89,7 +80,7 @@ def train_all(work: Path, data: dict[str, Path], steps: int | None) -> dict[str,
             args += ["--steps", str(steps)]
         if run.exists():
             args.append("--resume")
-        call(args)
+        invoke(args)
         best[sampler] = ckpt
     return best
 
@@ -116,7 +107,7 @@ def main() -> None:
     best = train_all(a.work, data, a.steps)
     eval_dir = a.work / "eval"
     if not (eval_dir / "eval.json").exists():
-        call(
+        invoke(
             [
                 "evaluate",
                 "--model",

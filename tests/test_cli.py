@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from wsiseg.cli import main
+from wsiseg.cli import invoke, main
 from wsiseg.io import open_slide
 
 
@@ -142,3 +142,13 @@ def test_console_script_runs(small_synthetic) -> None:
     )
     assert res.returncode == 1 and res.stderr.strip().startswith("error:")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_invoke_echoes_and_raises_only_on_failure(small_synthetic, capsys) -> None:
+    invoke(["info", "--json", str(small_synthetic.image)])
+    out = capsys.readouterr().out
+    assert out.startswith("$ wsiseg info --json ") and '"backend"' in out
+    with pytest.raises(SystemExit) as info:
+        invoke(["info", "/nonexistent.svs"], echo=False)
+    assert info.value.code == 1
+    assert "$ wsiseg" not in capsys.readouterr().out

@@ -16,7 +16,7 @@ import click
 from wsiseg import __version__
 from wsiseg.errors import WsisegError
 
-__all__ = ["main", "cli"]
+__all__ = ["main", "cli", "invoke"]
 
 log = logging.getLogger("wsiseg")
 
@@ -597,3 +597,17 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def invoke(args: list[str], *, echo: bool = True) -> None:
+    """Run a ``wsiseg`` command from Python (pipelines); a failing command raises SystemExit.
+
+    With ``echo`` the command line is printed first, as a shell would show it.
+    """
+    if echo:
+        print(f"$ wsiseg {' '.join(args)}", flush=True)
+    try:
+        main(args)
+    except SystemExit as exc:
+        if exc.code:
+            raise
