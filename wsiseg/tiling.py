@@ -8,6 +8,7 @@ each output pixel exactly once, whatever the order of the regions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ class RegionPlan:
     @property
     def region_out_px(self) -> int:
         return self.core_out_px + 2 * self.margin_out_px
+
+    def geometry(self) -> RegionPlan:
+        """This plan without its regions: what a task needs, whatever the slide's size."""
+        return dataclasses.replace(self, regions=())
 
     def core_box_out(self, region: Region) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) of the region's core on the output grid, clipped to it."""

@@ -1,15 +1,27 @@
-"""Atomic output helpers: write under a temporary name, rename when complete."""
+"""Atomic output helpers: write under a temporary name, rename when complete.
+
+A final name only ever appears by ``os.replace`` of a complete, hidden temporary
+(``.NAME.XXXXXXXX.partial``), so a killed process leaves finished files or hidden
+temporaries, never a half-written file under a final name.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "remove_path"]
+__all__ = ["atomic_path", "remove_path", "remove_stale_temporaries", "is_temporary_name"]
+
+log = logging.getLogger(__name__)
+
+# Names of atomic_path's temporaries: ".NAME.8HEX.partial[...]" and ".NAME.8HEX.old".
+_TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.(partial(\..*)?|old)$")
 
 
 def remove_path(path: Path) -> None:
@@ -20,12 +32,50 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` is one of :func:`atomic_path`'s temporaries."""
+    return _TEMP_RE.match(name) is not None
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove temporaries that a killed writer left in ``folder``; return them.
+
+    Only call this where no other process is writing into ``folder``.
+    """
+    removed = []
+    if folder.is_dir():
+        for child in sorted(folder.iterdir()):
+            if is_temporary_name(child.name):
+                with contextlib.suppress(FileNotFoundError):
+                    remove_path(child)
+                removed.append(child)
+    if removed:
+        log.info("removed %d stale temporaries in %s", len(removed), folder)
+    return removed
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data (or a folder's entries) to disk; best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``final``; rename it to ``final`` on success.
 
     On error the temporary is removed and ``final`` is untouched. With ``overwrite``
-    an existing ``final`` is replaced only after the new output is complete.
+    an existing ``final`` is replaced only after the new output is complete: a file
+    in one atomic ``os.replace`` (``final`` never goes missing); a folder by moving
+    the old one aside first (a kill in between leaves it as ``.NAME.XXXXXXXX.old``).
     """
     final = Path(final)
     if final.exists() and not overwrite:
@@ -37,10 +87,13 @@ def atomic_path(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         remove_path(tmp)
         raise
-    if final.exists():
+    if tmp.is_file():
+        _fsync(tmp)  # data on disk before the name: a crash never shows an empty final
+    if final.exists() and (final.is_dir() or tmp.is_dir()):  # os.replace needs two files
         old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
         os.replace(final, old)
         os.replace(tmp, final)
         remove_path(old)
     else:
         os.replace(tmp, final)
+    _fsync(final.parent)

@@ -17,7 +17,9 @@ class SegmentConfig:
 
     ``output_mpp`` is the pixel size of the label outputs (default: 4x the model's
     ``task_mpp``); ``margin_px`` is the context margin at ``task_mpp`` around each
-    region's core; ``min_area_um2`` drops smaller specks from the GeoJSON.
+    region's core; ``min_area_um2`` drops smaller specks from the GeoJSON;
+    ``task_retries`` is how often a region task that raised is rerun (a task whose
+    worker died is rerun by dask anyway, up to ``distributed.scheduler.allowed-failures``).
     """
 
     output_mpp: float | None = None
@@ -27,6 +29,7 @@ class SegmentConfig:
     min_area_um2: float = 100.0
     device: str = "auto"
     threads_per_worker: int = 1
+    task_retries: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

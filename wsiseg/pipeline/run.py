@@ -9,12 +9,9 @@ done with others unless ``overwrite``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import platform
-import re
 import shutil
 import time
 import uuid
@@ -24,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
-from distributed import Client, as_completed
+from distributed import Client, Future, as_completed
+from distributed.scheduler import KilledWorker
 
 from wsiseg import __version__
 from wsiseg.errors import InputError, WsisegError
@@ -33,13 +30,15 @@ from wsiseg.export.geojson import labels_to_features, write_geojson
 from wsiseg.export.ome_tiff import write_label_ome_tiff
 from wsiseg.export.overlay import render_overlay, write_png
 from wsiseg.io import open_slide
-from wsiseg.io.fileops import atomic_path
+from wsiseg.io.names import folder_claim, safe_name, slide_checksum
+from wsiseg.io.fileops import atomic_path, remove_stale_temporaries
 from wsiseg.io.reader import is_plausible_mpp
 from wsiseg.models.checkpoint import read_checkpoint_metadata
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.loading import resolve_model_path
 from wsiseg.pipeline.cluster import task_resources
 from wsiseg.pipeline.config import SegmentConfig
+from wsiseg.pipeline.stitch import Stitcher
 from wsiseg.pipeline.worker import BatchResult, predict_batch
 from wsiseg.tiling import RegionPlan, plan_regions
 from wsiseg.tissue import TissueParams, detect_tissue
@@ -84,36 +83,6 @@ class SlideOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def safe_name(path: Path) -> str:
-    """A file-system-safe output folder name from a slide path (no dots-only, no dashes first)."""
-    stem = path.name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    else:
-        stem = path.stem if path.is_file() else path.name
-    name = re.sub(r"[^\w.+-]+", "_", stem, flags=re.UNICODE).strip("._-")
-    return name or "slide-" + hashlib.sha256(str(path).encode()).hexdigest()[:8]
-
-
-def _slide_id(path: Path) -> str:
-    """Cheap content identity: size + hash of the first and last MiB."""
-    h = hashlib.sha256()
-    target = path
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file())
-        target = files[0] if files else path
-    size = target.stat().st_size
-    h.update(str(size).encode())
-    with open(target, "rb") as fh:
-        h.update(fh.read(1 << 20))
-        if size > 1 << 20:
-            fh.seek(max(size - (1 << 20), 0))
-            h.update(fh.read(1 << 20))
-    return h.hexdigest()
-
-
 def _done_summary(out_dir: Path) -> dict[str, Any] | None:
     path = out_dir / "summary.json"
     if not path.is_file():
@@ -156,12 +125,19 @@ def segment_slide(
     roi: Any = None,
     overwrite: bool = False,
     on_region: Callable[[int, int], None] | None = None,
+    name: str | None = None,
 ) -> SlideOutcome:
-    """Segment one slide into ``out_root/<safe name>/``; errors become a failed outcome."""
+    """Segment one slide into ``out_root/<name>/``; errors become a failed outcome.
+
+    ``name`` defaults to the slide's `safe_name`; a folder holding another slide's
+    results or other files is never written into, even with ``overwrite``.
+    """
     t_start = time.perf_counter()
-    name = safe_name(slide)
+    name = name or safe_name(slide)
     out_dir = out_root / name
     try:
+        if folder_claim(out_dir, slide, OUTPUT_FILES) == "other":
+            raise InputError(f"{out_dir} holds another slide's results or other files")
         cfg = model.config
         output_mpp = config.output_mpp or cfg.task_mpp * 4
         settings = {
@@ -197,10 +173,11 @@ def segment_slide(
             )
         if not plan.regions:
             return SlideOutcome(str(slide), "no tissue", None, "no tissue found on the slide")
-        slide_id = _slide_id(slide)
+        slide_id = slide_checksum(slide)
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob(".work-*"):  # scratch of a killed run on this slide
             shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_temporaries(out_dir)  # and its half-written outputs
         work = out_dir / f".work-{uuid.uuid4().hex[:8]}"
         try:
             result = _run_regions(ref, model, config, plan, client, work, on_region)
@@ -226,7 +203,7 @@ def segment_slide(
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
         return SlideOutcome(str(slide), "done", out_dir, "", summary)
     except (WsisegError, OSError, ValueError) as exc:
-        log.error("%s: %s", slide, exc)
+        log.debug("%s failed", slide, exc_info=True)  # the caller reports it
         return SlideOutcome(
             str(slide), "failed", None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         )
@@ -240,6 +217,29 @@ class _RunResult:
     seconds: dict[str, float]
 
 
+def _submit_batches(
+    ref: Any, model: ModelInfo, config: SegmentConfig, plan: RegionPlan, client: Client
+) -> list[Future]:
+    """One pure task per batch, retried on errors; a dead worker's tasks are rerun anyway."""
+    geometry = plan.geometry()  # regions travel in their batch only
+    resources = task_resources(client)
+    return [
+        client.submit(
+            predict_batch,
+            ref,
+            str(model.path),
+            config.device,
+            geometry,
+            batch,
+            config.threads_per_worker,
+            pure=True,
+            retries=config.task_retries,
+            resources=resources,
+        )
+        for batch in _batches(plan, config.batch_regions)
+    ]
+
+
 def _run_regions(
     ref: Any,
     model: ModelInfo,
@@ -249,66 +249,48 @@ def _run_regions(
     work: Path,
     on_region: Callable[[int, int], None] | None,
 ) -> _RunResult:
-    ow, oh = plan.output_size
-    core = plan.core_out_px
-    labels = zarr.create_array(
-        store=zarr.storage.LocalStore(work / "labels.zarr"),
-        shape=(oh, ow),
-        dtype=np.uint8,
-        chunks=(core, core),
-        fill_value=0,
-        compressors=None,
-    )
     cfg = model.config
-    g = cfg.saliency_grid_px
-    # Sampling density per region, on a grid of g cells per region (cores only).
-    dens_cell = core / g * (cfg.region_px / (cfg.region_px - 2 * config.margin_px))
-    density = (
-        np.zeros((math.ceil(oh / dens_cell), math.ceil(ow / dens_cell)), np.float32)
-        if cfg.sampler == "learned"
-        else None
-    )
-    resources = task_resources(client)
-    futures = [
-        client.submit(
-            predict_batch,
-            ref,
-            str(model.path),
-            config.device,
-            plan,
-            batch,
-            config.threads_per_worker,
-            pure=False,
-            resources=resources,
-        )
-        for batch in _batches(plan, config.batch_regions)
-    ]
+    grid = cfg.saliency_grid_px if cfg.sampler == "learned" else None
+    stitcher = Stitcher(plan, work / "labels.zarr", density_grid=grid)
+    futures = _submit_batches(ref, model, config, plan, client)
     total, done, decoded = len(plan.regions), 0, 0
     seconds: dict[str, float] = {}
     by_index = {r.index: r for r in plan.regions}
-    for fut in as_completed(futures):
+    try:
+        for fut in as_completed(futures):
+            res = _result(fut)
+            for index, core_labels in res.cores:
+                stitcher.add_core(by_index[index], core_labels)
+            if stitcher.density is not None:
+                for index, dens in res.densities:
+                    stitcher.add_density(by_index[index], dens)
+            decoded += res.pixels_decoded
+            for k, v in res.seconds.items():
+                seconds[k] = seconds.get(k, 0.0) + v
+            done += len(res.cores)
+            fut.release()
+            if on_region is not None:
+                on_region(done, total)
+    finally:
+        client.cancel([f for f in futures if not f.done()])  # after a failure: stop the rest
+    return _RunResult(stitcher.labels, stitcher.density, decoded, seconds)
+
+
+def _result(fut: Future) -> BatchResult:
+    """A task's result; its failure (after retries) as a one-line error of the slide."""
+    try:
         res: BatchResult = fut.result()
-        for index, core_labels in res.cores:
-            x0, y0, x1, y1 = plan.core_box_out(by_index[index])
-            labels[y0:y1, x0:x1] = core_labels  # aligned to chunks: no read-modify-write
-        if density is not None:
-            m = config.margin_px * g / cfg.region_px
-            for index, dens in res.densities:
-                r = by_index[index]
-                cells = dens[round(m) : g - round(m), round(m) : g - round(m)]
-                y0, x0 = round(r.row * cells.shape[0]), round(r.col * cells.shape[1])
-                dh = min(cells.shape[0], density.shape[0] - y0)
-                dw = min(cells.shape[1], density.shape[1] - x0)
-                if dh > 0 and dw > 0:
-                    density[y0 : y0 + dh, x0 : x0 + dw] = cells[:dh, :dw]
-        decoded += res.pixels_decoded
-        for k, v in res.seconds.items():
-            seconds[k] = seconds.get(k, 0.0) + v
-        done += len(res.cores)
-        fut.release()
-        if on_region is not None:
-            on_region(done, total)
-    return _RunResult(labels, density, decoded, seconds)
+    except KilledWorker as exc:
+        raise WsisegError(
+            f"the worker running a region task died {exc.allowed_failures + 1} times "
+            "(out of memory or a crash); giving up on the slide"
+        ) from exc
+    except (WsisegError, OSError, ValueError):
+        raise
+    except Exception as exc:
+        log.debug("region task failed", exc_info=True)
+        raise WsisegError(f"region task failed: {type(exc).__name__}: {exc}") from exc
+    return res
 
 
 def _write_outputs(

@@ -3,6 +3,10 @@
 Only picklable things travel: the slide reference, the model path, the plan's
 geometry and the regions. Each worker process opens the slide and loads the model
 once (cached), with a fixed number of torch threads.
+
+A task is pure: its result depends only on its arguments and it has no side
+effects, so the scheduler may rerun it (on another worker, after a worker died or
+an error) and the driver may receive it from any attempt.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from wsiseg.io.reader import SlideRef
 from wsiseg.models.deformseg import DeformSeg, ForwardOut
 from wsiseg.models.loading import load_model
 from wsiseg.models.slide_source import SlideRegionSource
+from wsiseg.pipeline.stitch import core_of
 from wsiseg.tiling import Region, RegionPlan
 
 __all__ = ["BatchResult", "predict_batch", "cached_model", "cached_reader"]
@@ -85,11 +90,7 @@ def predict_batch(
             fwd = ForwardOut(logits=logits, grid=grid, density=density)
     seconds["read"] = source.read_seconds
     labels = probs.argmax(1).to(torch.uint8).cpu().numpy()
-    m = plan.margin_out_px
-    cores = []
-    for region, lab in zip(regions, labels, strict=True):
-        x0, y0, x1, y1 = plan.core_box_out(region)
-        cores.append((region.index, np.ascontiguousarray(lab[m : m + y1 - y0, m : m + x1 - x0])))
+    cores = [(r.index, core_of(plan, r, lab)) for r, lab in zip(regions, labels, strict=True)]
     densities = []
     if fwd is not None and fwd.density is not None:
         dens = fwd.density.float().cpu().numpy()[:, 0]
