@@ -1,0 +1,213 @@
+"""Accuracy-vs-pixel-budget curves: summaries over training seeds and paired comparisons.
+
+A *run* is one trained model evaluated on one test set: its sampler (learned, uniform
+or tiled), pixel budget (samples per region pixel; 1 for tiled full resolution), seed,
+and one confusion matrix per test image. Summaries pool each run's confusion matrices
+over images (as `wsiseg evaluate` does), average over seeds, and compare learned with
+uniform at the same budget by a bootstrap over test images of the seed-averaged
+difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wsiseg.train.metrics import bootstrap_interval, mean_iou
+
+__all__ = [
+    "BudgetRun",
+    "equal_accuracy_budget",
+    "summarise_budget",
+    "format_budget_markdown",
+]
+
+
+@dataclass(frozen=True)
+class BudgetRun:
+    """One trained and evaluated model."""
+
+    dataset: str
+    sampler: str
+    budget: float
+    seed: int
+    confusion: np.ndarray  # [S, K, K] per test image
+    images: tuple[str, ...]
+
+    @property
+    def miou(self) -> float:
+        return mean_iou(self.confusion.sum(0))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BudgetRun:
+        return cls(
+            dataset=str(data["dataset"]),
+            sampler=str(data["sampler"]),
+            budget=float(data["budget"]),
+            seed=int(data["seed"]),
+            confusion=np.asarray(data["confusion"], np.int64),
+            images=tuple(data["images"]),
+        )
+
+
+def equal_accuracy_budget(
+    budgets: Sequence[float], mious: Sequence[float], target: float
+) -> float | None:
+    """The budget at which a curve reaches ``target`` mIoU, interpolating in log budget.
+
+    The curve is made monotone first (running maximum from small to large budgets).
+    Returns None when the curve never reaches ``target``; the smallest budget when it
+    is already reached there (a bound, not an estimate).
+    """
+    order = np.argsort(budgets)
+    b = np.asarray(budgets, np.float64)[order]
+    m = np.maximum.accumulate(np.asarray(mious, np.float64)[order])
+    if b.size == 0 or not np.isfinite(target) or m[-1] < target:
+        return None
+    if m[0] >= target:
+        return float(b[0])
+    i = int(np.argmax(m >= target))
+    lo, hi = math.log(b[i - 1]), math.log(b[i])
+    t = (target - m[i - 1]) / (m[i] - m[i - 1])
+    return float(math.exp(lo + t * (hi - lo)))
+
+
+def _paired_difference(
+    first: Sequence[BudgetRun],
+    second: Sequence[BudgetRun],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Seed-averaged mIoU(first) - mIoU(second), bootstrap 95% interval over test images."""
+    pairs = {r.seed: r for r in second}
+    matched = [(a, pairs[a.seed]) for a in first if a.seed in pairs]
+    if not matched:
+        return {}
+    n_img = matched[0][0].confusion.shape[0]
+    rng = np.random.default_rng(seed)
+    weights = np.stack(
+        [np.bincount(rng.integers(0, n_img, n_img), minlength=n_img) for _ in range(n_boot)]
+    ).astype(np.float64)  # [B, S]
+    reps = np.zeros(n_boot)
+    for a, b in matched:
+        for run, sign in ((a, 1.0), (b, -1.0)):
+            cms = np.einsum("bs,skl->bkl", weights, run.confusion.astype(np.float64))
+            reps += sign * np.array([mean_iou(cm) for cm in cms])
+    reps /= len(matched)
+    point = float(np.mean([a.miou - b.miou for a, b in matched]))
+    lo, hi = bootstrap_interval(reps.tolist())
+    return {"diff": point, "ci95": [lo, hi], "n_seeds": len(matched), "n_images": n_img}
+
+
+def summarise_budget(
+    runs: Sequence[BudgetRun], *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Per dataset: mIoU per sampler and budget (mean, sd, per seed), paired differences
+    learned - uniform, and the uniform budget that matches each learned point."""
+    out: dict[str, Any] = {}
+    for ds in sorted({r.dataset for r in runs}):
+        mine = [r for r in runs if r.dataset == ds]
+        curves: dict[str, dict[str, Any]] = {}
+        for sampler in ("learned", "uniform", "tiled"):
+            points = {}
+            for budget in sorted({r.budget for r in mine if r.sampler == sampler}):
+                group = sorted(
+                    (r for r in mine if r.sampler == sampler and r.budget == budget),
+                    key=lambda r: r.seed,
+                )
+                vals = [r.miou for r in group]
+                points[_budget_key(budget)] = {
+                    "budget": budget,
+                    "miou_mean": float(np.mean(vals)),
+                    "miou_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                    "miou_per_seed": {str(r.seed): r.miou for r in group},
+                    "n_seeds": len(vals),
+                }
+            if points:
+                curves[sampler] = points
+        comparisons = {}
+        for key, lp in curves.get("learned", {}).items():
+            budget = lp["budget"]
+            learned = [r for r in mine if r.sampler == "learned" and r.budget == budget]
+            uniform = [r for r in mine if r.sampler == "uniform" and r.budget == budget]
+            entry = _paired_difference(learned, uniform, n_boot, seed)
+            uni = curves.get("uniform", {})
+            match = equal_accuracy_budget(
+                [p["budget"] for p in uni.values()],
+                [p["miou_mean"] for p in uni.values()],
+                lp["miou_mean"],
+            )
+            entry["uniform_budget_for_same_miou"] = match
+            entry["sample_ratio"] = None if match is None else match / budget
+            # reached already at the smallest uniform budget: an upper bound only
+            entry["upper_bound"] = bool(
+                match is not None and uni and match <= min(p["budget"] for p in uni.values())
+            )
+            comparisons[key] = entry
+        images = mine[0].images if mine else ()
+        out[ds] = {"curves": curves, "learned_vs_uniform": comparisons, "n_images": len(images)}
+    return out
+
+
+def _budget_key(budget: float) -> str:
+    return "1" if budget >= 1 else f"1/{round(1 / budget)}"
+
+
+def format_budget_markdown(summary: Mapping[str, Any]) -> str:
+    """Tables of `summarise_budget`'s result, one per dataset."""
+    lines: list[str] = []
+    for ds, res in summary.items():
+        curves = res["curves"]
+        lines += [f"### {ds} ({res['n_images']} test images)", ""]
+        lines += [
+            "| budget | learned mIoU | uniform mIoU | learned - uniform [95% CI] | "
+            "uniform budget for the same mIoU |",
+            "|---|---|---|---|---|",
+        ]
+        keys = sorted(
+            set(curves.get("learned", {})) | set(curves.get("uniform", {})),
+            key=lambda k: -_parse_key(k),
+        )
+        for key in keys:
+            lp = curves.get("learned", {}).get(key)
+            up = curves.get("uniform", {}).get(key)
+            cmp_ = res["learned_vs_uniform"].get(key, {})
+            diff = "-"
+            if "diff" in cmp_:
+                lo, hi = cmp_["ci95"]
+                diff = f"{cmp_['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            match = cmp_.get("uniform_budget_for_same_miou")
+            if match is None:
+                match_s = "not reached" if lp else "-"
+            else:
+                le = "≤ " if cmp_.get("upper_bound") else ""
+                match_s = f"{le}1/{1 / match:.0f} ({le}{cmp_['sample_ratio']:.2f}x)"
+            lines.append(f"| {key} | {_fmt(lp)} | {_fmt(up)} | {diff} | {match_s} |")
+        tiled = curves.get("tiled", {}).get("1")
+        if tiled:
+            lines += ["", f"Tiled full resolution (upper bound): {_fmt(tiled)}."]
+        lines.append("")
+    lines.append(
+        "mIoU: pooled confusion matrix over the test images at full label resolution, "
+        "mean ± sd over training seeds (n seeds in brackets); differences: seed-averaged, "
+        "95% bootstrap interval over test images. The last column reads the uniform curve "
+        "(interpolated in log budget) at the learned mIoU; a ratio above 1 means uniform "
+        "needs that many times more samples."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _parse_key(key: str) -> float:
+    return 1.0 if key == "1" else 1.0 / float(key.split("/")[1])
+
+
+def _fmt(point: Mapping[str, Any] | None) -> str:
+    if not point:
+        return "-"
+    if point["n_seeds"] > 1:
+        return f"{point['miou_mean']:.4f} ± {point['miou_sd']:.4f} ({point['n_seeds']})"
+    return f"{point['miou_mean']:.4f} (1)"
