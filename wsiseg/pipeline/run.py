@@ -30,8 +30,8 @@ from wsiseg.export.geojson import labels_to_features, write_geojson
 from wsiseg.export.ome_tiff import write_label_ome_tiff
 from wsiseg.export.overlay import render_overlay, write_png
 from wsiseg.io import open_slide
-from wsiseg.io.names import folder_claim, safe_name, slide_checksum
 from wsiseg.io.fileops import atomic_path, remove_stale_temporaries
+from wsiseg.io.names import folder_claim, safe_name, slide_checksum
 from wsiseg.io.reader import is_plausible_mpp
 from wsiseg.models.checkpoint import read_checkpoint_metadata
 from wsiseg.models.config import ModelConfig
