@@ -121,7 +121,7 @@ def info(
             results.append({"path": str(path), "error": str(exc)})
     if as_json:
         click.echo(json.dumps(results, indent=2))
-    else:
+    elif any("error" not in r for r in results):
         click.echo("\n\n".join(_format_info(r) for r in results if "error" not in r))
     if out is not None:
         out.write_text(json.dumps(results, indent=2) + "\n")
@@ -412,8 +412,12 @@ SLIDE_SUFFIXES = (
 
 
 def _expand_slides(inputs: tuple[Path, ...]) -> list[Path]:
-    """Files as given; folders expanded to the slides in them (label masks skipped)."""
-    out: list[Path] = []
+    """Files as given; folders expanded to the slides in them (label masks skipped).
+
+    A slide reached twice (``slide.tiff`` and ``sub/../slide.tiff``, or a file and its
+    folder) is kept once, where it first appears.
+    """
+    found: list[Path] = []
     for p in inputs:
         if p.is_dir() and not any(c.suffix.lower() == ".dcm" for c in p.iterdir()):
             for child in sorted(p.iterdir()):
@@ -423,12 +427,27 @@ def _expand_slides(inputs: tuple[Path, ...]) -> list[Path]:
                 if low.endswith(("_mask.tiff", "_mask.tif")):
                     continue
                 if child.is_file() and child.suffix.lower() in SLIDE_SUFFIXES:
-                    out.append(child)
+                    found.append(child)
                 elif child.is_dir() and any(c.suffix.lower() == ".dcm" for c in child.iterdir()):
-                    out.append(child)
+                    found.append(child)
         else:
-            out.append(p)
+            found.append(p)
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for path in found:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
     return out
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a slide folder that a failed run created and left empty."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # missing, or not empty: leave it
 
 
 @cli.command()
@@ -480,11 +499,12 @@ def segment(
     from tqdm import tqdm
 
     from wsiseg.io.fileops import atomic_path
-    from wsiseg.models.loading import resolve_device
+    from wsiseg.io.names import assign_output_names
+    from wsiseg.models.loading import check_model, resolve_device
     from wsiseg.pipeline.cluster import open_client
     from wsiseg.pipeline.config import SegmentConfig
     from wsiseg.pipeline.roi import load_roi
-    from wsiseg.pipeline.run import model_info, segment_slide
+    from wsiseg.pipeline.run import OUTPUT_FILES, SlideOutcome, model_info, segment_slide
     from wsiseg.tiling import parse_shard, take_shard
 
     t_run = time.perf_counter()
@@ -492,16 +512,20 @@ def segment(
     paths = [Path(p) for p in take_shard([str(p) for p in _expand_slides(slides)], shard_ix)]
     if not paths:
         raise WsisegError("no slides found in the given paths")
+    check_model(model)  # weights, checksum, config and shapes, before any worker starts
     info = model_info(model)
     if cluster == "local":
         resolve_device(device)  # remote workers may have GPUs the driver lacks
     roi_geom = load_roi(roi) if roi is not None else None
     config = SegmentConfig(output_mpp=output_mpp, device=device)
+    if out.exists() and not out.is_dir():
+        raise WsisegError(f"-o {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    names = assign_output_names(paths, out, OUTPUT_FILES)
     outcomes = []
     with open_client(cluster, workers) as client:
         slide_bar = tqdm(paths, desc="slides", unit="slide", file=sys.stderr)
-        for path in slide_bar:
+        for path, name in zip(slide_bar, names, strict=True):
             slide_bar.set_postfix_str(path.name)
             bar = tqdm(desc=f"  {path.name}", unit="region", file=sys.stderr, leave=False)
 
@@ -510,20 +534,28 @@ def segment(
                 bar.n = done
                 bar.refresh()
 
-            outcome = segment_slide(
-                path,
-                out,
-                info,
-                config,
-                client,
-                backend=backend,
-                mpp=mpp,
-                roi=roi_geom,
-                overwrite=overwrite,
-                on_region=tick,
-            )
+            existed = (out / name).exists()
+            try:
+                outcome = segment_slide(
+                    path,
+                    out,
+                    info,
+                    config,
+                    client,
+                    backend=backend,
+                    mpp=mpp,
+                    roi=roi_geom,
+                    overwrite=overwrite,
+                    on_region=tick,
+                    name=name,
+                )
+            except Exception as exc:  # noqa: BLE001 - one slide's bug must not end the batch
+                log.debug("%s: unexpected error", path, exc_info=True)
+                outcome = SlideOutcome(str(path), "failed", None, f"{type(exc).__name__}: {exc}")
             bar.close()
             outcomes.append(outcome)
+            if outcome.status == "failed" and not existed:
+                _remove_if_empty(out / name)
             if outcome.status == "failed":
                 _fail(
                     f"{path}: {outcome.message}"

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["WsisegError", "SlideOpenError", "MppError", "RegionError", "InputError"]
+__all__ = [
+    "WsisegError",
+    "SlideOpenError",
+    "SlideReadError",
+    "MppError",
+    "RegionError",
+    "InputError",
+]
 
 
 class WsisegError(Exception):
@@ -11,6 +18,10 @@ class WsisegError(Exception):
 
 class SlideOpenError(WsisegError):
     """A file could not be opened as a slide (missing, corrupt, unsupported)."""
+
+
+class SlideReadError(WsisegError):
+    """Pixels of an opened slide could not be decoded (corrupt tiles, vanished file)."""
 
 
 class MppError(WsisegError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,20 @@ _LATTICE_PX = 256
 
 
 class _WrappedSlide(BaseSlideReader):
-    """Metadata shared by backends that wrap an OpenSlide-like object in ``_slide``."""
+    """Metadata shared by backends that wrap an OpenSlide-like object in ``_slide``.
+
+    Metadata is read once: after a decoding error an OpenSlide handle fails every
+    later call, and the error must stay a read error of that region.
+    """
 
     _slide: Any
     _props: dict[str, str]
 
-    @property
+    @functools.cached_property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
         return tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
 
-    @property
+    @functools.cached_property
     def level_downsamples(self) -> tuple[float, ...]:
         return tuple(float(d) for d in self._slide.level_downsamples)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from wsiseg.errors import SlideOpenError
 from wsiseg.io.backends import BACKENDS
 from wsiseg.io.reader import BaseSlideReader, is_plausible_mpp
+from wsiseg.io.tiffcheck import check_tiff_structure
 
 __all__ = ["open_slide", "backend_order"]
 
@@ -26,34 +27,6 @@ def backend_order(path: Path, backend: str) -> list[str]:
     if name.endswith((".ome.tif", ".ome.tiff")):
         return ["tiffslide", "openslide"]
     return ["openslide", "tiffslide"]
-
-
-def check_tiff_extent(path: Path) -> None:
-    """Raise OSError if a TIFF's pixel data reaches past the end of the file.
-
-    A truncated TIFF often still opens (its directories come first) and some decoders
-    fill missing JPEG data with grey instead of failing; the offsets tell for sure.
-    Files that are not TIFF are left to the backends.
-    """
-    import tifffile
-
-    if path.is_dir():
-        return
-    size = path.stat().st_size
-    try:
-        tf = tifffile.TiffFile(path)
-    except Exception:  # noqa: BLE001 - not a TIFF (or unreadable): the backends decide
-        return
-    with tf:
-        for page in tf.pages:
-            offsets = getattr(page, "dataoffsets", ())
-            counts = getattr(page, "databytecounts", ())
-            if (
-                offsets
-                and counts
-                and max(o + c for o, c in zip(offsets, counts, strict=False)) > size
-            ):
-                raise OSError(f"truncated file: image data past its end ({size} bytes)")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -88,10 +61,18 @@ def open_slide(
     if p.is_dir():
         if not any(c.suffix.lower() == ".dcm" for c in p.iterdir()):
             raise SlideOpenError(f"{p}: is a folder, not a slide (only DICOM series folders are)")
+    elif not p.is_file():
+        raise SlideOpenError(f"{p}: not a regular file")
     elif p.stat().st_size == 0:
         raise SlideOpenError(f"{p}: empty file (0 bytes)")
+    else:
+        try:
+            with p.open("rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise SlideOpenError(f"{p}: cannot read ({exc.strerror or exc})") from exc
     try:
-        check_tiff_extent(p)
+        check_tiff_structure(p)
     except OSError as exc:
         raise SlideOpenError(f"{p}: {exc}") from exc
     errors: list[str] = []

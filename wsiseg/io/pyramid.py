@@ -101,8 +101,9 @@ def downsampled_level(reader: SlideReader, downsample: float) -> np.ndarray:
             cw = max(k, arr.chunksize[1] - arr.chunksize[1] % k)
             arr = arr.rechunk((ch, cw, 3))
             arr = da.coarsen(np.mean, arr.astype(np.float32), {0: k, 1: k}, trim_excess=True)
+            # Back to uint8 chunk by chunk: the result never exists as float32.
+            arr = da.clip(da.rint(arr), 0, 255).astype(np.uint8)
     small = np.asarray(arr.compute(scheduler="threads"))
-    small = np.clip(np.rint(small), 0, 255).astype(np.uint8)
     w0, h0 = reader.level_dimensions[0]
     out_w, out_h = max(1, round(w0 / downsample)), max(1, round(h0 / downsample))
     if small.shape[:2] != (out_h, out_w):

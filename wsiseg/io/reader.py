@@ -17,9 +17,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from wsiseg.errors import MppError, RegionError
+from wsiseg.errors import MppError, RegionError, SlideReadError, WsisegError
 
 __all__ = [
+    "MAX_THUMBNAIL_PX",
     "MPP_PLAUSIBLE_UM",
     "SlideReader",
     "SlideRef",
@@ -30,6 +31,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Largest thumbnail (pixels) made of a slide: 185 mm square at 16 µm/px, more than
+#: any glass slide; a larger one means absurd declared dimensions or pixel size.
+MAX_THUMBNAIL_PX = 1 << 27
 
 #: Range of pixel sizes (µm/px) accepted from slide metadata; outside it the
 #: value is a default of the writing software (352.8 µm/px is 72 dpi), not a scan.
@@ -258,7 +263,17 @@ class BaseSlideReader(ABC):
                 f"{self.path.name}: region x={x} y={y} {w}x{h} lies wholly outside "
                 f"level {level} ({lw}x{lh})"
             )
-        inside = self._read_inside(level, x0, y0, x1 - x0, y1 - y0)
+        try:
+            inside = self._read_inside(level, x0, y0, x1 - x0, y1 - y0)
+        except WsisegError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - backends raise many types on bad data
+            text = str(exc).strip().splitlines()
+            reason = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+            raise SlideReadError(
+                f"{self.path}: cannot decode level {level} at x={x0} y={y0} "
+                f"{x1 - x0}x{y1 - y0} ({reason})"
+            ) from exc
         if (x0, y0, x1, y1) == (x, y, x + w, y + h):
             return inside
         out = np.full((h, w, 3), 255, dtype=np.uint8)
@@ -277,8 +292,17 @@ class BaseSlideReader(ABC):
         """The whole slide at about ``mpp`` µm/px (RGB uint8), read with bounded memory."""
         from wsiseg.io.pyramid import downsampled_level
 
-        target = mpp / self.mpp[0]
-        return downsampled_level(self, max(target, 1.0))
+        mpp0 = self.mpp[0]
+        target = max(mpp / mpp0, 1.0)
+        w0, h0 = self.level_dimensions[0]
+        tw, th = round(w0 / target), round(h0 / target)
+        if tw * th > MAX_THUMBNAIL_PX:
+            raise RegionError(
+                f"{self.path}: {w0} x {h0} px at {mpp0:.4g} µm/px is "
+                f"{w0 * mpp0 / 1000:.0f} x {h0 * mpp0 / 1000:.0f} mm, larger than any glass "
+                "slide (wrong dimensions or pixel size)"
+            )
+        return downsampled_level(self, target)
 
     def validate(self) -> None:
         """Decode one small patch of the first and last level (catches truncated files)."""

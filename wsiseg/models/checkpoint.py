@@ -34,6 +34,7 @@ __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "CheckpointError",
     "CheckpointMetadata",
+    "check_state_fits",
     "checkpoint_paths",
     "file_sha256",
     "load_checkpoint",
@@ -50,6 +51,7 @@ CHECKPOINT_FORMAT_VERSION = 1
 _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"})
 _MAX_LISTED = 5
 _FP16_MAX = 65504.0
+_MAX_JSON_BYTES = 16 << 20
 
 
 class CheckpointError(WsisegError):
@@ -276,9 +278,13 @@ def _read_json(json_path: Path, weights_path: Path) -> dict[str, Any]:
         )
     if _looks_pickled(_sniff(json_path)):
         raise _pickle_refusal(json_path)
+    if json_path.stat().st_size > _MAX_JSON_BYTES:
+        raise CheckpointError(
+            f"{json_path}: {json_path.stat().st_size} bytes is too large for a checkpoint config"
+        )
     try:
         doc = json.loads(json_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{json_path}: not valid JSON ({exc})") from exc
     except OSError as exc:
         raise CheckpointError(f"{json_path}: cannot read: {exc.strerror or exc}") from exc
@@ -398,21 +404,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], di
     return tensors, meta.config
 
 
-def load_state_strict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
-    """Load ``state_dict`` into ``module`` after checking every key and shape.
+def check_state_fits(module: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Check that ``state_dict`` has exactly ``module``'s keys and shapes, and finite values.
 
-    Parameters
-    ----------
-    module : torch.nn.Module
-        Target module.
-    state_dict : mapping of str to torch.Tensor
-        Weights, e.g. from :func:`load_checkpoint`.
+    ``module`` may live on the ``meta`` device: only its shapes are used, so a
+    checkpoint's config can be checked against its weights before any memory is
+    allocated for the model it describes.
 
     Raises
     ------
     CheckpointError
         Listing (on one line) the first few missing keys, unexpected keys and
-        shape mismatches, with their counts.
+        shape mismatches, with their counts; or the tensors holding NaN or inf.
     """
     expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -445,4 +448,22 @@ def load_state_strict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> No
         raise CheckpointError(
             f"checkpoint weights hold NaN or infinite values ({', '.join(bad[:_MAX_LISTED])})"
         )
+
+
+def load_state_strict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Load ``state_dict`` into ``module`` after checking every key and shape.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Target module.
+    state_dict : mapping of str to torch.Tensor
+        Weights, e.g. from :func:`load_checkpoint`.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`check_state_fits`; nothing is loaded then.
+    """
+    check_state_fits(module, state_dict)
     module.load_state_dict(dict(state_dict), strict=True)

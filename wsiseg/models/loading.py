@@ -12,7 +12,12 @@ import torch
 
 from wsiseg import __version__
 from wsiseg.errors import WsisegError
-from wsiseg.models.checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from wsiseg.models.checkpoint import (
+    CheckpointError,
+    check_state_fits,
+    load_checkpoint,
+    load_state_strict,
+)
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.deformseg import DeformSeg
 
@@ -22,6 +27,7 @@ __all__ = [
     "checkpoint_config",
     "default_model_path",
     "resolve_model_path",
+    "check_model",
     "load_model",
 ]
 
@@ -61,6 +67,43 @@ def resolve_model_path(model: str | Path) -> Path:
     return Path(model)
 
 
+def _checked_model(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """A checkpoint's config and weights, checked against each other before any model exists.
+
+    The architecture is first built on the ``meta`` device (no memory), so a config
+    that names an unknown segmenter or declares a model the weights do not fit is
+    refused without allocating it.
+    """
+    state, meta = load_checkpoint(path)
+    if not isinstance(meta.get("model"), Mapping):
+        raise CheckpointError(f"{path}: checkpoint JSON has no 'model' section")
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+        with torch.device("meta"):
+            skeleton = DeformSeg(cfg)
+    except (KeyError, ValueError, TypeError, AttributeError, WsisegError) as exc:
+        msg = str(exc.args[0]) if exc.args else type(exc).__name__
+        raise CheckpointError(f"{path}: invalid model config: {msg}") from exc
+    try:
+        check_state_fits(skeleton, state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    return cfg, state, meta
+
+
+def check_model(model: str | Path) -> Path:
+    """Verify a model before a run: files, checksum, config and weight shapes; returns its path.
+
+    Raises
+    ------
+    CheckpointError
+        As `load_model`, without building the model.
+    """
+    path = resolve_model_path(model)
+    _checked_model(path)
+    return path
+
+
 def load_model(model: str | Path, device: str = "auto") -> DeformSeg:
     """Load a checkpoint (safetensors + JSON) into a ready `DeformSeg` in eval mode.
 
@@ -70,15 +113,8 @@ def load_model(model: str | Path, device: str = "auto") -> DeformSeg:
         Pickles, missing or inconsistent files, unknown architectures, wrong shapes.
     """
     path = resolve_model_path(model)
-    state, meta = load_checkpoint(path)
-    if not isinstance(meta.get("model"), Mapping):
-        raise CheckpointError(f"{path.name}: checkpoint JSON has no 'model' section")
-    try:
-        cfg = ModelConfig.from_dict(meta["model"])
-        net = DeformSeg(cfg)
-    except (KeyError, ValueError, TypeError, WsisegError) as exc:
-        msg = str(exc.args[0]) if exc.args else str(exc)
-        raise CheckpointError(f"{path.name}: {msg}") from exc
+    cfg, state, meta = _checked_model(path)
+    net = DeformSeg(cfg)
     load_state_strict(net, state)
     dev = resolve_device(device)
     net.to(dev).eval()
