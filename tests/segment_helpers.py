@@ -77,7 +77,7 @@ def local_cluster() -> Iterator[str]:
         n_workers=1,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: no clash with other clusters
         silence_logs=logging.ERROR,
         env=env,
     ) as cluster:

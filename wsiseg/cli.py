@@ -419,8 +419,8 @@ def _expand_slides(inputs: tuple[Path, ...]) -> list[Path]:
     """
     found: list[Path] = []
     for p in inputs:
-        if p.is_dir() and not any(c.suffix.lower() == ".dcm" for c in p.iterdir()):
-            for child in sorted(p.iterdir()):
+        if _is_dir(p) and not _is_dicom_folder(p):
+            for child in _list_folder(p):
                 low = child.name.lower()
                 if child.name.startswith("."):
                     continue
@@ -428,10 +428,10 @@ def _expand_slides(inputs: tuple[Path, ...]) -> list[Path]:
                     continue
                 if child.is_file() and child.suffix.lower() in SLIDE_SUFFIXES:
                     found.append(child)
-                elif child.is_dir() and any(c.suffix.lower() == ".dcm" for c in child.iterdir()):
+                elif _is_dicom_folder(child):
                     found.append(child)
         else:
-            found.append(p)
+            found.append(p)  # anything else: open_slide says what is wrong with it
     out: list[Path] = []
     seen: set[Path] = set()
     for path in found:
@@ -440,6 +440,27 @@ def _expand_slides(inputs: tuple[Path, ...]) -> list[Path]:
             seen.add(key)
             out.append(path)
     return out
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # e.g. a name too long for the file system
+        return False
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    try:
+        return path.is_dir() and any(c.suffix.lower() == ".dcm" for c in path.iterdir())
+    except OSError:  # unreadable: not expanded; open_slide reports it
+        return False
+
+
+def _list_folder(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise WsisegError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from exc
 
 
 def _remove_if_empty(folder: Path) -> None:

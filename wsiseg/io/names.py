@@ -57,6 +57,13 @@ def _truncate(name: str, limit: int) -> str:
     return cut.rstrip("._-") + tag
 
 
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:  # e.g. a name too long for the file system: not a folder
+        return False
+
+
 def safe_name(path: str | os.PathLike[str]) -> str:
     """A file-system-safe output folder name from a slide path (see the module notes).
 
@@ -70,7 +77,7 @@ def safe_name(path: str | os.PathLike[str]) -> str:
             stem = name[: -len(suffix)]
             break
     else:
-        stem = name if p.is_dir() else Path(name).stem
+        stem = name if _is_dir(p) else Path(name).stem
     text = re.sub(r"[^\w.+-]+", "_", stem).strip("._-")
     if not text:
         return "slide-" + path_hash(p)

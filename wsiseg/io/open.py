@@ -34,6 +34,22 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _check_file(p: Path) -> None:
+    """Raise SlideOpenError unless ``p`` is a readable, non-empty file or a DICOM folder."""
+    if not p.exists():
+        raise SlideOpenError(f"{p}: no such file")
+    if p.is_dir():
+        if not any(c.suffix.lower() == ".dcm" for c in p.iterdir()):
+            raise SlideOpenError(f"{p}: is a folder, not a slide (only DICOM series folders are)")
+        return
+    if not p.is_file():
+        raise SlideOpenError(f"{p}: not a regular file")
+    if p.stat().st_size == 0:
+        raise SlideOpenError(f"{p}: empty file (0 bytes)")
+    with p.open("rb") as fh:
+        fh.read(1)
+
+
 def open_slide(
     path: str | os.PathLike[str], backend: str = "auto", mpp: float | None = None
 ) -> BaseSlideReader:
@@ -56,21 +72,10 @@ def open_slide(
         Missing, empty, corrupt, truncated or unsupported files, with the reason.
     """
     p = Path(path)
-    if not p.exists():
-        raise SlideOpenError(f"{p}: no such file")
-    if p.is_dir():
-        if not any(c.suffix.lower() == ".dcm" for c in p.iterdir()):
-            raise SlideOpenError(f"{p}: is a folder, not a slide (only DICOM series folders are)")
-    elif not p.is_file():
-        raise SlideOpenError(f"{p}: not a regular file")
-    elif p.stat().st_size == 0:
-        raise SlideOpenError(f"{p}: empty file (0 bytes)")
-    else:
-        try:
-            with p.open("rb") as fh:
-                fh.read(1)
-        except OSError as exc:
-            raise SlideOpenError(f"{p}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        _check_file(p)
+    except OSError as exc:  # e.g. a name too long, a folder that cannot be listed
+        raise SlideOpenError(f"{p}: cannot read ({exc.strerror or exc})") from exc
     try:
         check_tiff_structure(p)
     except OSError as exc:
