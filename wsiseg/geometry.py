@@ -34,7 +34,7 @@ import shapely
 from scipy import ndimage
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components, depth_first_order
-from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 __all__ = [
@@ -311,15 +311,31 @@ def mask_to_polygons(
     return geom
 
 
+def _polygon_parts(geom: BaseGeometry) -> list[Polygon]:
+    """Non-empty polygons of ``geom``, from collections at any depth; points and lines dropped."""
+    out: list[Polygon] = []
+    for part in shapely.get_parts(geom):
+        if isinstance(part, Polygon):
+            if not part.is_empty:
+                out.append(part)
+        elif isinstance(part, MultiPolygon | GeometryCollection):
+            out.extend(_polygon_parts(part))
+    return out
+
+
 def as_multipolygon(geom: BaseGeometry) -> MultiPolygon:
-    """The polygonal parts of ``geom`` (made valid first) as one MultiPolygon."""
+    """The polygonal parts of ``geom`` (made valid first) as one valid MultiPolygon.
+
+    Points and lines are dropped; parts of a collection that overlap are merged.
+    """
     if isinstance(geom, MultiPolygon) and geom.is_valid:
         return geom
     if not geom.is_valid:
         geom = shapely.make_valid(geom)
-    parts = [p for p in shapely.get_parts(geom) if isinstance(p, Polygon) and not p.is_empty]
-    nested = [q for p in shapely.get_parts(geom) if isinstance(p, MultiPolygon) for q in p.geoms]
-    return MultiPolygon(parts + nested)
+    out = MultiPolygon(_polygon_parts(geom))
+    if not out.is_valid:  # a collection's polygons may overlap: merge them
+        out = MultiPolygon(_polygon_parts(shapely.union_all(out.geoms)))
+    return out
 
 
 def scale_geometry(

@@ -8,7 +8,9 @@ Supported layouts (`discover_sources`):
 - **pairs** - image/mask tiles: ``images/X.png`` + ``masks/X.png``, or ``X.png`` beside
   ``X_mask.png`` / ``X_anno.png`` (PNG, BMP, TIFF), pixel size given by the caller;
 - **geojson** - slides with a QuPath GeoJSON of the same stem (``X.svs`` + ``X.geojson``),
-  polygons rasterised by class name.
+  polygons rasterised by class name (pixel centres inside; `read_geojson_labels` repairs
+  invalid polygons, clips to the slide, skips points and lines, and keeps areas of
+  unknown classes out of training, each with a warning; malformed files are errors).
 
 Every source reads a level-0 box resampled to a requested size: images area-averaged
 from the nearest finer pyramid level, labels by nearest neighbour (never averaged).
@@ -19,17 +21,22 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import shapely
 import tifffile
 import zarr
-from PIL import Image, ImageDraw
+from PIL import Image
+from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
 
 from wsiseg.errors import InputError
+from wsiseg.geometry import as_multipolygon, polygons_to_mask
 from wsiseg.io import open_slide
 from wsiseg.io.reader import BaseSlideReader
 from wsiseg.train.losses import IGNORE_INDEX
@@ -42,6 +49,9 @@ __all__ = [
     "discover_sources",
     "read_label_mask_window",
     "LabelMask",
+    "GeoJSONLabels",
+    "read_geojson_labels",
+    "rasterise_labels",
 ]
 
 log = logging.getLogger(__name__)
@@ -350,38 +360,181 @@ def _panda_sources(root: Path, class_maps: Mapping[str, Sequence[int]]) -> list[
     return out
 
 
-def _rasterise_geojson(
-    path: Path, size: tuple[int, int], class_ids: Mapping[str, int], downsample: float
-) -> np.ndarray:
-    from shapely.geometry import shape
-    from shapely.validation import make_valid
+#: Slide files looked for beside ``X.geojson``, in this order.
+GEOJSON_SLIDE_SUFFIXES: tuple[str, ...] = (
+    ".svs",
+    ".tiff",
+    ".tif",
+    ".ome.tiff",
+    ".ome.tif",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".vmu",
+    ".svslide",
+)
 
+
+@dataclass(frozen=True)
+class GeoJSONLabels:
+    """Annotations of one GeoJSON file, repaired and clipped to the slide (level-0 pixels).
+
+    ``areas`` are (class id, polygonal geometry) in file order; ``ignored`` the areas of
+    features whose class the model does not know (kept out of training, not background).
+    """
+
+    areas: list[tuple[int, BaseGeometry]]
+    ignored: list[BaseGeometry]
+
+
+def _geojson_items(path: Path) -> list[Any]:
+    """The features of a GeoJSON file (FeatureCollection, Feature or list of Features)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path.name}: not valid JSON ({exc})") from exc
-    features = data.get("features", []) if isinstance(data, dict) else data
-    w, h = max(1, round(size[0] / downsample)), max(1, round(size[1] / downsample))
-    canvas = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(canvas)
+        data = json.loads(path.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not valid JSON ({text})") from exc
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        features = data.get("features")
+        if not isinstance(features, list):
+            raise InputError(f"{path}: FeatureCollection without a 'features' list")
+        return features
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        return [data]
+    raise InputError(f"{path}: not a GeoJSON FeatureCollection, Feature or list of Features")
+
+
+def _class_name(feature: Mapping[str, Any]) -> str | None:
+    props = feature.get("properties")
+    cls = props.get("classification") if isinstance(props, Mapping) else None
+    name = cls.get("name") if isinstance(cls, Mapping) else cls
+    return name if isinstance(name, str) else None
+
+
+def _feature_geometry(path: Path, index: int, feature: Any) -> BaseGeometry | None:
+    """The feature's geometry (None where it has none); malformed ones are an error."""
+    from shapely.geometry import shape
+
+    fid = feature.get("id") if isinstance(feature, Mapping) else None
+    where = f"{path}: feature {index}" + (f" (id {fid})" if isinstance(fid, str | int) else "")
+    if not isinstance(feature, Mapping) or "geometry" not in feature:
+        raise InputError(f"{where}: not a GeoJSON Feature (no 'geometry')")
+    if feature["geometry"] is None:
+        return None
+    try:
+        with warnings.catch_warnings():  # NaN coordinates: reported below, once
+            warnings.simplefilter("ignore", RuntimeWarning)
+            geom = shape(feature["geometry"])
+        finite = bool(np.isfinite(shapely.get_coordinates(geom)).all())
+    except Exception as exc:  # noqa: BLE001 - shapely raises many types on bad input
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{where}: invalid geometry ({text})") from exc
+    if not finite:
+        raise InputError(f"{where}: coordinates are not finite numbers")
+    return geom
+
+
+def _feature_area(
+    geom: BaseGeometry | None, slide: BaseGeometry, notes: dict[str, list[int]], index: int
+) -> BaseGeometry | None:
+    """The valid polygonal part of ``geom`` inside ``slide``; None (noted) if nothing is left."""
+    if geom is None or geom.is_empty:
+        notes.setdefault("without geometry (skipped)", []).append(index)
+        return None
+    if not geom.is_valid:
+        notes.setdefault("invalid (repaired)", []).append(index)
+    area = as_multipolygon(geom)
+    if area.is_empty:
+        notes.setdefault(f"not areas ({geom.geom_type}; skipped)", []).append(index)
+        return None
+    if area.within(slide):
+        return area
+    area = as_multipolygon(area.intersection(slide))
+    if area.is_empty:
+        notes.setdefault("wholly outside the slide (skipped)", []).append(index)
+        return None
+    notes.setdefault("clipped to the slide", []).append(index)
+    return area
+
+
+def read_geojson_labels(
+    path: Path, class_ids: Mapping[str, int], slide_size: tuple[int, int]
+) -> GeoJSONLabels:
+    """Read QuPath-style annotations for training, repairing what can be repaired.
+
+    Invalid polygons (self-intersections, bow-ties) are made valid; parts outside the
+    slide are clipped off; empty, null and non-area geometries (points, lines) are
+    skipped; unknown or missing classes are kept as ignored areas. Each repair is
+    logged once per file with the features it touched.
+
+    Raises
+    ------
+    InputError
+        Unreadable or malformed JSON, a feature that is not a Feature, a malformed
+        geometry or non-finite coordinates (naming the file and feature), or a file
+        without any area of a known class.
+    """
+    slide = box(0, 0, slide_size[0], slide_size[1])
+    notes: dict[str, list[int]] = {}  # what was repaired or skipped -> feature indices
     unknown: set[str] = set()
-    for feat in features:
-        props = feat.get("properties") or {}
-        cls = props.get("classification")
-        name = cls.get("name") if isinstance(cls, dict) else cls
-        if not isinstance(name, str) or name not in class_ids:
-            unknown.add(str(name))
+    areas: list[tuple[int, BaseGeometry]] = []
+    ignored: list[BaseGeometry] = []
+    for i, feature in enumerate(_geojson_items(path)):
+        area = _feature_area(_feature_geometry(path, i, feature), slide, notes, i)
+        if area is None:
             continue
-        geom = make_valid(shape(feat["geometry"]))
-        polys = [g for g in getattr(geom, "geoms", [geom]) if g.geom_type == "Polygon"]
-        for poly in polys:
-            ext = [(px / downsample, py / downsample) for px, py in poly.exterior.coords]
-            draw.polygon(ext, fill=class_ids[name])
-            for hole in poly.interiors:
-                draw.polygon([(px / downsample, py / downsample) for px, py in hole.coords], fill=0)
-    if unknown:
-        log.warning("%s: ignored annotations of unknown classes %s", path.name, sorted(unknown))
-    return np.asarray(canvas)
+        name = _class_name(feature)
+        if name is not None and name in class_ids:
+            areas.append((class_ids[name], area))
+        else:
+            label = repr(name) if name is not None else "none"
+            unknown.add(label)
+            notes.setdefault(f"of unknown class {label} (ignored, not background)", []).append(i)
+            ignored.append(area)
+    for what, indices in notes.items():
+        shown = ", ".join(map(str, indices[:10])) + (" ..." if len(indices) > 10 else "")
+        log.warning("%s: %d feature(s) %s: %s", path, len(indices), what, shown)
+    if not areas:
+        known = ", ".join(class_ids)
+        found = ", ".join(sorted(unknown)) or "none"
+        raise InputError(
+            f"{path}: no annotated areas of the model's classes ({known}); classes found: {found}"
+        )
+    return GeoJSONLabels(areas, ignored)
+
+
+def rasterise_labels(labels: GeoJSONLabels, size: tuple[int, int], downsample: float) -> np.ndarray:
+    """Labels on a grid of ``downsample`` level-0 pixels per pixel covering ``size`` (w, h).
+
+    A pixel takes the class of the last area holding its centre; ignored areas are
+    `IGNORE_INDEX` where no known class covers them; the rest is background (0).
+    """
+    w, h = max(1, round(size[0] / downsample)), max(1, round(size[1] / downsample))
+    out = np.zeros((h, w), np.uint8)
+    for value, geom in [(IGNORE_INDEX, g) for g in labels.ignored] + labels.areas:
+        x0, y0, x1, y1 = (float(v) / downsample for v in geom.bounds)
+        c0, r0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+        c1, r1 = min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        inside = polygons_to_mask(
+            geom, (r1 - r0, c1 - c0), scale=downsample, offset=(c0 * downsample, r0 * downsample)
+        )
+        out[r0:r1, c0:c1][inside] = value
+    return out
+
+
+def _slide_beside(geojson: Path) -> Path | None:
+    """The slide ``X.<suffix>`` beside ``X.geojson`` (exact names: no glob patterns)."""
+    for suffix in GEOJSON_SLIDE_SUFFIXES:
+        candidate = geojson.with_name(geojson.stem + suffix)
+        if candidate.exists():
+            return candidate
+    return None
 
 
 def discover_sources(
@@ -415,13 +568,16 @@ def discover_sources(
         if not sources and class_names:
             ids = {n: i for i, n in enumerate(class_names)}
             for gj in sorted(root.glob("*.geojson")):
-                slides = [p for p in root.glob(gj.stem + ".*") if p.suffix.lower() != ".geojson"]
-                if not slides:
+                slide = _slide_beside(gj)
+                if slide is None:
+                    log.warning("%s: no slide of the same name beside it; skipped", gj)
                     continue
-                with open_slide(slides[0], mpp=data_mpp) as r:
+                with open_slide(slide, mpp=data_mpp) as r:
+                    size = r.level_dimensions[0]
+                    labels = read_geojson_labels(gj, ids, size)
                     img = r.thumbnail(r.mpp[0] * geojson_downsample)
                     mpp = r.mpp[0] * geojson_downsample
-                    lab = _rasterise_geojson(gj, r.level_dimensions[0], ids, geojson_downsample)
+                lab = rasterise_labels(labels, size, geojson_downsample)
                 lab = lab[: img.shape[0], : img.shape[1]]
                 img = img[: lab.shape[0], : lab.shape[1]]
                 sources.append(ArraySource(gj.stem, img, lab, mpp))
