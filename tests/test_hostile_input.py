@@ -31,7 +31,7 @@ from tests.segment_helpers import (
     snapshot,
     tiny_checkpoint,
 )
-from wsiseg.errors import SlideOpenError, SlideReadError
+from wsiseg.errors import RegionError, SlideOpenError, SlideReadError
 from wsiseg.io import open_slide
 from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
 
@@ -282,7 +282,7 @@ def test_sparse_but_valid_huge_slide_is_refused_before_reading(tmp_path: Path) -
     path.write_bytes(big_sparse(200_000))
     with open_slide(path, mpp=1.0) as reader:  # a valid file: opens, metadata only
         assert reader.level_dimensions[0] == (200_000, 200_000)
-        with pytest.raises(Exception, match="larger than any glass slide") as info:
+        with pytest.raises(RegionError, match="larger than any glass slide") as info:
             reader.thumbnail(8.0)
     assert "\n" not in str(info.value)
 
@@ -326,6 +326,20 @@ def test_segment_one_error_line(
     assert len(lines) == 1 and str(path) in lines[0], lines
     run = json.loads((out / "run.json").read_text())
     assert [s["status"] for s in run["slides"]] == ["failed"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "run.json"]
+
+
+def test_segment_refuses_an_implausibly_large_slide(
+    model: Path, cluster: str, tmp_path: Path, capsys
+) -> None:
+    path = tmp_path / "big.tiff"
+    path.write_bytes(big_sparse(200_000))
+    out = tmp_path / "out"
+    code, _, err = _segment([str(path), "-o", str(out), "--mpp", "1.0"], model, cluster, capsys)
+    assert code == 1
+    assert_clean_failure(err)
+    lines = error_lines(err)
+    assert len(lines) == 1 and "larger than any glass slide" in lines[0], lines
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "run.json"]
 
 

@@ -318,3 +318,21 @@ def test_overwrite_replaces_only_that_slides_outputs(
     for name, snap in others.items():
         assert snapshot(out / name) == snap, name
     assert (out / "readme.txt").read_text() == "mine too\n"
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_out_that_cannot_be_a_folder(where: str, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("mine\n")
+    out = blocker if where == "a file" else blocker / "out"
+    slide = _slide(tmp_path / "slides", "s.tiff", 1)
+    for args in (
+        ["segment", str(slide), "-o", str(out)],
+        ["info", str(slide), "-o", str(out / "i.json")],
+    ):
+        code, _, err = run_cli(args, capsys)
+        assert code == 1, args
+        assert_clean_failure(err)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "blocker" in lines[0], lines
+    assert blocker.read_text() == "mine\n"

@@ -640,8 +640,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (WsisegError, FileExistsError) as exc:
+    except WsisegError as exc:
         _fail(str(exc))
+        sys.exit(1)
+    except OSError as exc:  # unwritable output, full disk, a file in the way...
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}" if exc.strerror else str(exc))
         sys.exit(1)
     except KeyboardInterrupt:
         _fail("interrupted")
