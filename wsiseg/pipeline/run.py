@@ -272,7 +272,13 @@ def _run_regions(
             if on_region is not None:
                 on_region(done, total)
     finally:
-        client.cancel([f for f in futures if not f.done()])  # after a failure: stop the rest
+        # After a failure: stop the rest and let the scheduler forget every task now (a
+        # traceback that holds the futures would keep an erred one wanted until gc runs).
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            client.cancel(pending)
+        for f in futures:
+            f.release()
     return _RunResult(stitcher.labels, stitcher.density, decoded, seconds)
 
 

@@ -4,6 +4,8 @@ Cores tile the output grid without overlap and the label array's chunks are the
 cores (see :mod:`wsiseg.tiling`), so every write fills whole chunks of its own: no
 read-modify-write, no blending, and the stored bytes do not depend on the order in
 which regions arrive (or on a region being written twice, as a retried task may).
+Every core is stored, even an all-background one, so the scratch store holds one
+chunk file per core done.
 The learned sampling density is stitched the same way on a coarser grid of cells.
 """
 
@@ -65,6 +67,7 @@ class Stitcher:
             chunks=(core, core),
             fill_value=0,
             compressors=None,
+            config={"write_empty_chunks": True},  # a chunk file per core done, even all 0
         )
         self.density: np.ndarray | None = None
         if density_grid is not None:
