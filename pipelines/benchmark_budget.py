@@ -35,6 +35,7 @@ everything (tiny images, two budgets, a few steps) to check the machinery in min
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,7 +44,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,32 @@ def column_split(src: ArraySource, fraction: float) -> tuple[ArraySource, ArrayS
     return left, right
 
 
+class MemoSource:
+    """A labeled source whose reads are kept in memory: every model of a run is
+    evaluated on the same test regions, so each is decoded from the slide once."""
+
+    def __init__(self, source: LabeledSource) -> None:
+        self._src = source
+        self.name, self.group, self.mpp, self.size = (
+            source.name,
+            source.group,
+            source.mpp,
+            source.size,
+        )
+        self._reads: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def read(
+        self, x: int, y: int, w: int, h: int, out_hw: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        key = (x, y, w, h, *out_hw)
+        if key not in self._reads:
+            self._reads[key] = self._src.read(x, y, w, h, out_hw)
+        return self._reads[key]
+
+    def label_thumbnail(self, max_px: int = 512) -> tuple[np.ndarray, float]:
+        return self._src.label_thumbnail(max_px)
+
+
 def _split_all(sources: Sequence[ArraySource]) -> tuple[list[LabeledSource], list[LabeledSource]]:
     parts = [column_split(s, TRAIN_FRACTION) for s in sources]
     return [p[0] for p in parts], [p[1] for p in parts]
@@ -151,7 +178,7 @@ def synthetic_dataset(work: Path, quick: bool) -> Dataset:
                 write_synthetic_slide(folder, f"synth-{seed}", SynthSpec(w, h, seed=seed))
         folders[split] = folder
     train_src = discover_sources(folders["train"])
-    test_src = discover_sources(folders["test"])
+    test_src: list[LabeledSource] = [MemoSource(s) for s in discover_sources(folders["test"])]
     seeds = {k: [min(v[0]), max(v[0]), *v[1]] for k, v in splits.items()}
     return Dataset(
         "synthetic",
@@ -426,6 +453,47 @@ def machine() -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def claim(lock: Path) -> Iterator[bool]:
+    """Hold ``lock`` (a file with our pid) while running; False if a live process holds it.
+
+    Lets several benchmark processes share one results folder: each run is trained by
+    one of them. A lock left by a killed process (its pid gone) is taken over.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                yield False
+                return
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        try:
+            yield True
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # -- report -----------------------------------------------------------------------------------
 
 
@@ -526,6 +594,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shared", type=Path, default=None, help="shared data folder")
     p.add_argument("--quick", action="store_true", help="a minutes-long smoke run")
     p.add_argument("--report-only", action="store_true", help="only rewrite the report")
+    p.add_argument(
+        "--reverse", action="store_true", help="take seeds from the last (for a second process)"
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     names = [n.strip() for n in a.datasets.split(",") if n.strip()]
@@ -549,13 +620,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         expected = calibrate(pending, datasets)
         print(f"expected wall time: about {expected / 60:.0f} min on this machine", flush=True)
         t0 = time.perf_counter()
-        for i, run in enumerate(pending, 1):
-            print(
-                f"[{i}/{len(pending)}] {run.dataset} {run.sampler} {budget_label(run.budget)} "
-                f"seed {run.seed} ({run.key})",
-                flush=True,
-            )
-            rec = execute(run, datasets[run.dataset], a.out, a.work, a.device)
+        order = pending
+        if a.reverse:  # the other end of the seeds, still leaving first-seed-only budgets last
+            last = [r for r in pending if r.budget in FIRST_SEED_ONLY]
+            order = [r for r in pending[::-1] if r.budget not in FIRST_SEED_ONLY] + last
+        for i, run in enumerate(order, 1):
+            label = f"{run.dataset} {run.sampler} {budget_label(run.budget)} seed {run.seed}"
+            with claim(a.work / "locks" / f"{run.key}.lock") as mine:
+                if not mine or (a.out / f"{run.key}.json").is_file():
+                    print(f"[{i}/{len(order)}] {label} ({run.key}): done or running elsewhere")
+                    continue
+                print(f"[{i}/{len(order)}] {label} ({run.key})", flush=True)
+                rec = execute(run, datasets[run.dataset], a.out, a.work, a.device)
             print(f"    mIoU {rec['miou']:.4f}  train {rec['train_seconds']:.0f} s", flush=True)
         print(f"finished in {(time.perf_counter() - t0) / 60:.1f} min")
     write_report(a.out, runs, datasets)
