@@ -64,3 +64,30 @@ def test_quick_benchmark_writes_report_and_resumes(tmp_path: Path, shared_data: 
     assert "9 finished, 1 to do" in third
     assert lost.is_file()
     assert json.loads(lost.read_text())["key"] == lost.stem
+
+
+def _load_script():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_budget", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_runs_are_claimed_by_one_process(tmp_path: Path) -> None:
+    bench = _load_script()
+    lock = tmp_path / "locks" / "abc.lock"
+    with bench.claim(lock) as first:
+        assert first and lock.read_text() == str(os.getpid())
+        with bench.claim(lock) as second:  # held by a live process (us)
+            assert not second
+    assert not lock.exists()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    lock.write_text(dead.stdout.strip())  # left behind by a process that is gone
+    with bench.claim(lock) as taken:
+        assert taken
