@@ -417,3 +417,68 @@ def test_guard_catches_a_write_in_place(inputs: dict[str, Path], tmp_path: Path)
     (out / "summary.json").write_text("{")
     watch.scan()
     assert watch.errors and "incomplete" in watch.errors[0]
+
+
+# -- the atomic-write helper itself ----------------------------------------------------
+
+
+def test_atomic_path_replaces_a_file_in_one_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsiseg.io import fileops
+
+    final = tmp_path / "summary.json"
+    final.write_text("old")
+    calls: list[tuple[str, str]] = []
+    real = os.replace
+
+    def spy(src: Any, dst: Any) -> None:
+        calls.append((Path(src).name, Path(dst).name))
+        real(src, dst)
+
+    monkeypatch.setattr(fileops.os, "replace", spy)
+    with fileops.atomic_path(final, overwrite=True) as tmp:
+        assert tmp.parent == final.parent and tmp.name.startswith(".summary.json.")
+        tmp.write_text("new")
+        assert final.read_text() == "old"  # untouched until the new file is complete
+    assert final.read_text() == "new"
+    assert len(calls) == 1 and calls[0][1] == "summary.json", "never a moment without the file"
+    # An error leaves the old file and no temporary.
+    with pytest.raises(RuntimeError), fileops.atomic_path(final, overwrite=True) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert final.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+    with pytest.raises(FileExistsError), fileops.atomic_path(final):
+        pass
+
+
+def test_atomic_path_replaces_a_folder(tmp_path: Path) -> None:
+    from wsiseg.io.fileops import atomic_path
+
+    final = tmp_path / "x.zarr"
+    (final / "a").mkdir(parents=True)
+    with atomic_path(final, overwrite=True) as tmp:
+        (tmp / "b").mkdir(parents=True)
+    assert sorted(p.name for p in final.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.zarr"]
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    from wsiseg.io.fileops import remove_stale_temporaries
+
+    stale = [
+        ".mask.ome.tif.0123abcd.partial",
+        ".annotations.geojson.deadbeef.partial",
+        ".x.zarr.00000000.old",
+    ]
+    for name in stale:
+        (tmp_path / name).write_text("")
+    (tmp_path / ".mask.ome.tif.0123abcd.partial.levels").mkdir()  # scratch of the TIFF writer
+    keep = [".DS_Store", ".work-1234abcd", "mask.ome.tif", ".notes.partial", ".a.xyz12345.partial"]
+    for name in keep:
+        (tmp_path / name).write_text("")
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(
+        [*stale, ".mask.ome.tif.0123abcd.partial.levels"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)

@@ -275,8 +275,11 @@ def _run_regions(
         # After a failure: stop the rest and let the scheduler forget every task now (a
         # traceback that holds the futures would keep an erred one wanted until gc runs).
         pending = [f for f in futures if not f.done()]
-        if pending:
-            client.cancel(pending)
+        try:
+            if pending:
+                client.cancel(pending)
+        except Exception:  # a lost scheduler must not hide the slide's own error
+            log.debug("cancelling %d region tasks failed", len(pending), exc_info=True)
         for f in futures:
             f.release()
     return _RunResult(stitcher.labels, stitcher.density, decoded, seconds)
