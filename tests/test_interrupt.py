@@ -419,6 +419,39 @@ def test_guard_catches_a_write_in_place(inputs: dict[str, Path], tmp_path: Path)
     assert watch.errors and "incomplete" in watch.errors[0]
 
 
+def test_overwrite_cut_short_leaves_the_slide_not_done(
+    inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replacing a slide's results with other settings and failing part-way (here: the
+    disk fills up while writing) must not leave the old summary over new outputs."""
+    from wsiseg.export.ome_tiff import read_label_ome_tiff
+    from wsiseg.pipeline import run as run_mod
+    from wsiseg.pipeline.cluster import open_client
+    from wsiseg.pipeline.config import SegmentConfig
+
+    slide = inputs["slides"] / "s0.tiff"
+    info = run_mod.model_info(inputs["model"])
+    first, other = SegmentConfig(device="cpu"), SegmentConfig(device="cpu", output_mpp=4.0)
+    with open_client("local", workers=1) as client:
+        done = run_mod.segment_slide(slide, tmp_path, info, first, client)
+        assert done.status == "done" and done.out_dir is not None
+        mask = read_label_ome_tiff(done.out_dir / "mask.ome.tif")
+
+        def disk_full(*args: Any, **kwargs: Any) -> None:
+            raise OSError("No space left on device (injected)")
+
+        with monkeypatch.context() as m:
+            m.setattr(run_mod, "write_png", disk_full)
+            cut = run_mod.segment_slide(slide, tmp_path, info, other, client, overwrite=True)
+        assert cut.status == "failed" and "No space left" in cut.message
+        assert read_label_ome_tiff(done.out_dir / "mask.ome.tif").shape != mask.shape  # replaced
+        assert not (done.out_dir / "summary.json").exists(), "not done with either settings"
+        # So a rerun with the first settings redoes the slide instead of skipping it.
+        again = run_mod.segment_slide(slide, tmp_path, info, first, client)
+    assert again.status == "done"
+    np.testing.assert_array_equal(read_label_ome_tiff(done.out_dir / "mask.ome.tif"), mask)
+
+
 # -- the atomic-write helper itself ----------------------------------------------------
 
 

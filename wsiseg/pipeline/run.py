@@ -181,6 +181,9 @@ def segment_slide(
         work = out_dir / f".work-{uuid.uuid4().hex[:8]}"
         try:
             result = _run_regions(ref, model, config, plan, client, work, on_region)
+            # Replacing results (--overwrite): the slide stops counting as done before its
+            # first output is replaced, so a kill part-way never leaves a mix marked done.
+            (out_dir / "summary.json").unlink(missing_ok=True)
             summary = _write_outputs(
                 slide,
                 out_dir,
