@@ -183,7 +183,8 @@ def segment_slide(
             result = _run_regions(ref, model, config, plan, client, work, on_region)
             # Replacing results (--overwrite): the slide stops counting as done before its
             # first output is replaced, so a kill part-way never leaves a mix marked done.
-            (out_dir / "summary.json").unlink(missing_ok=True)
+            if overwrite and (out_dir / "summary.json").exists():
+                (out_dir / "summary.json").unlink()
             summary = _write_outputs(
                 slide,
                 out_dir,
