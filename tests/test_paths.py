@@ -336,3 +336,16 @@ def test_out_that_cannot_be_a_folder(where: str, tmp_path: Path, capsys) -> None
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and "blocker" in lines[0], lines
     assert blocker.read_text() == "mine\n"
+
+
+def test_shards_agree_on_names(model: Path, cluster: str, tmp_path: Path, capsys) -> None:
+    """Names come from the whole batch: shard 1/2 alone still leaves ``s`` to ``a/s.tiff``."""
+    a = _slide(tmp_path / "a", "s.tiff", 21)
+    b = _slide(tmp_path / "b", "s.tiff", 22)
+    out = tmp_path / "out"
+    code, _, err = _segment(
+        [str(b), str(a), "-o", str(out), "--shard", "1/2"], model, cluster, capsys
+    )
+    assert code == 0, err
+    assert (out / f"s-{path_hash(b)}" / "summary.json").is_file()
+    assert not (out / "s").exists()

@@ -530,7 +530,8 @@ def segment(
 
     t_run = time.perf_counter()
     shard_ix = parse_shard(shard)
-    paths = [Path(p) for p in take_shard([str(p) for p in _expand_slides(slides)], shard_ix)]
+    every = [str(p) for p in _expand_slides(slides)]
+    paths = [Path(p) for p in take_shard(every, shard_ix)]
     if not paths:
         raise WsisegError("no slides found in the given paths")
     check_model(model)  # weights, checksum, config and shapes, before any worker starts
@@ -542,7 +543,11 @@ def segment(
     if out.exists() and not out.is_dir():
         raise WsisegError(f"-o {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    names = assign_output_names(paths, out, OUTPUT_FILES)
+    # Names over the whole batch (sorted, as shards take it): every shard agrees on them.
+    batch = take_shard(every, (0, 1))
+    batch_names = assign_output_names([Path(p) for p in batch], out, OUTPUT_FILES)
+    name_of = dict(zip(batch, batch_names, strict=True))
+    names = [name_of[str(p)] for p in paths]
     outcomes = []
     with open_client(cluster, workers) as client:
         slide_bar = tqdm(paths, desc="slides", unit="slide", file=sys.stderr)
