@@ -353,7 +353,9 @@ def assert_identical(ref: Path, got: Path) -> None:
 
 
 def _chunks(out: Path, slide: str) -> int:
-    return sum(1 for p in out.glob(f"{slide}/.work-*/labels.zarr/c/**/*") if p.is_file())
+    """Cores stored in ``slide``'s scratch (zarr writes each chunk by an atomic rename)."""
+    files = out.glob(f"{slide}/.work-*/labels.zarr/c/**/*")
+    return sum(1 for p in files if p.is_file() and not p.name.endswith(".partial"))
 
 
 # -- tests ---------------------------------------------------------------------------
