@@ -517,3 +517,15 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path: Path) -> None:
         [*stale, ".mask.ome.tif.0123abcd.partial.levels"]
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+def test_stale_temporaries_of_named_files_only(tmp_path: Path) -> None:
+    from wsiseg.io.fileops import remove_stale_temporaries
+
+    mine = [".run.json.0123abcd.partial", ".report.html.89abcdef.partial"]
+    other = [".run-shard-2-of-2.json.0123abcd.partial", ".mask.ome.tif.0123abcd.partial"]
+    for name in mine + other:
+        (tmp_path / name).write_text("")
+    removed = remove_stale_temporaries(tmp_path, names=("run.json", "report.html"))
+    assert sorted(p.name for p in removed) == sorted(mine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(other)

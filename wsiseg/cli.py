@@ -519,7 +519,7 @@ def segment(
     """Segment slides (files or folders) into masks, QuPath GeoJSON and summaries."""
     from tqdm import tqdm
 
-    from wsiseg.io.fileops import atomic_path
+    from wsiseg.io.fileops import atomic_path, remove_stale_temporaries
     from wsiseg.io.names import assign_output_names
     from wsiseg.models.loading import check_model, resolve_device
     from wsiseg.pipeline.cluster import open_client
@@ -609,6 +609,8 @@ def segment(
     }
     run["wall_seconds"] = round(time.perf_counter() - t_run, 3)
     suffix = "" if shard is None else f"-shard-{shard_ix[0]}-of-{shard_ix[1]}"
+    # a run killed while writing these left hidden temporaries of them behind
+    remove_stale_temporaries(out, names=(f"run{suffix}.json", f"report{suffix}.html"))
     with atomic_path(out / f"run{suffix}.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(run, indent=2) + "\n")
     from wsiseg.export.report import write_report

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 __all__ = ["atomic_path", "remove_path", "remove_stale_temporaries", "is_temporary_name"]
@@ -21,7 +21,7 @@ __all__ = ["atomic_path", "remove_path", "remove_stale_temporaries", "is_tempora
 log = logging.getLogger(__name__)
 
 # Names of atomic_path's temporaries: ".NAME.8HEX.partial[...]" and ".NAME.8HEX.old".
-_TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.(partial(\..*)?|old)$")
+_TEMP_RE = re.compile(r"^\.(.+)\.[0-9a-f]{8}\.(partial(\..*)?|old)$")
 
 
 def remove_path(path: Path) -> None:
@@ -32,20 +32,29 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
+def _temporary_target(name: str) -> str:
+    """The final name a temporary stands for (``.NAME.8HEX.partial`` -> ``NAME``)."""
+    m = _TEMP_RE.match(name)
+    return m.group(1) if m else ""
+
+
 def is_temporary_name(name: str) -> bool:
     """Whether ``name`` is one of :func:`atomic_path`'s temporaries."""
     return _TEMP_RE.match(name) is not None
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
+def remove_stale_temporaries(folder: Path, names: Collection[str] | None = None) -> list[Path]:
     """Remove temporaries that a killed writer left in ``folder``; return them.
 
-    Only call this where no other process is writing into ``folder``.
+    With ``names``, only the temporaries of those final names. Only call this where
+    no other process is writing (those names) into ``folder``.
     """
     removed = []
     if folder.is_dir():
         for child in sorted(folder.iterdir()):
-            if is_temporary_name(child.name):
+            if is_temporary_name(child.name) and (
+                names is None or _temporary_target(child.name) in names
+            ):
                 with contextlib.suppress(FileNotFoundError):
                     remove_path(child)
                 removed.append(child)
