@@ -189,7 +189,7 @@ def format_budget_markdown(summary: Mapping[str, Any]) -> str:
             lines.append(f"| {key} | {_fmt(lp)} | {_fmt(up)} | {diff} | {match_s} |")
         tiled = curves.get("tiled", {}).get("1")
         if tiled:
-            lines += ["", f"Tiled full resolution (upper bound): {_fmt(tiled)}."]
+            lines += ["", f"Tiled full resolution (same steps): {_fmt(tiled)}."]
         lines.append("")
     lines.append(
         "mIoU: pooled confusion matrix over the test images at full label resolution, "
