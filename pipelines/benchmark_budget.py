@@ -556,9 +556,19 @@ def plot(res: dict[str, Any], name: str, path: Path) -> None:
             capsize=3,
             label=f"{sampler} sampling",
         )
+        most = max(p["n_seeds"] for p in pts)
         for p in pts:
             seeds = list(p["miou_per_seed"].values())
             ax.scatter([p["budget"]] * len(seeds), seeds, color=colour, s=8, alpha=0.5)
+            if p["n_seeds"] < most and sampler == "learned":  # fewer seeds: say so
+                ax.annotate(
+                    f"{p['n_seeds']} seed" + ("s" if p["n_seeds"] > 1 else ""),
+                    (p["budget"], p["miou_mean"]),
+                    textcoords="offset points",
+                    xytext=(-8, -16),
+                    ha="right",
+                    fontsize=7,
+                )
     tiled = res["curves"].get("tiled", {}).get("1")
     if tiled:
         ax.axhline(tiled["miou_mean"], color="0.3", ls="--", label="tiled full resolution")
