@@ -29,6 +29,23 @@ def small_synthetic(tmp_path_factory: pytest.TempPathFactory):
     return write_synthetic_slide(out, "small", spec)
 
 
+@pytest.fixture(scope="module")
+def cluster():  # type: ignore[no-untyped-def]
+    """Address of a local dask cluster shared by a module's `wsiseg segment` runs."""
+    from tests.segment_helpers import local_cluster
+
+    with local_cluster() as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained checkpoint for fast `wsiseg segment` runs."""
+    from tests.segment_helpers import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("model"))
+
+
 # -- CI policy: only GPU tests may skip ------------------------------------------------
 _bad_skips: list[str] = []
 

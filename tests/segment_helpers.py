@@ -28,6 +28,15 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, out, err
 
 
+def segment_cli(
+    args: list[str], model: Path, cluster: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """``wsiseg segment`` with ``model`` on the CPU through the shared ``cluster``; options
+    come first so that ``args`` may hold ``--`` before slide names."""
+    options = ["--model", str(model), "--cluster", cluster, "--device", "cpu"]
+    return run_cli(["segment", *options, *args], capsys)
+
+
 def stderr_lines(err: str) -> list[str]:
     """Lines of stderr without progress bars (tqdm redraws with \\r and ANSI moves)."""
     lines = []

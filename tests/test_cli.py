@@ -11,18 +11,9 @@ import numpy as np
 import pytest
 import zarr
 
-from wsiseg.cli import invoke, main
+from tests.segment_helpers import run_cli
+from wsiseg.cli import invoke
 from wsiseg.io import open_slide
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_info_json_describes_synthetic_slide(small_synthetic, capsys) -> None:

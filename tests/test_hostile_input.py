@@ -26,10 +26,9 @@ import tifffile
 from tests.segment_helpers import (
     assert_clean_failure,
     error_lines,
-    local_cluster,
     run_cli,
+    segment_cli,
     snapshot,
-    tiny_checkpoint,
 )
 from wsiseg.errors import RegionError, SlideOpenError, SlideReadError
 from wsiseg.io import open_slide
@@ -296,30 +295,13 @@ def test_garbled_tiles_fail_reads_with_one_line(garbled: Path) -> None:
 
 
 # -- segment --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cluster() -> str:
-    with local_cluster() as address:
-        yield address
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("model"))
-
-
-def _segment(args: list[str], model: Path, cluster: str, capsys) -> tuple[int, str, str]:
-    return run_cli(
-        ["segment", *args, "--model", str(model), "--cluster", cluster, "--device", "cpu"], capsys
-    )
-
-
 @pytest.mark.parametrize("name", MADE + SHARED)
 def test_segment_one_error_line(
     bad_files: Path, name: str, model: Path, cluster: str, tmp_path: Path, capsys
 ) -> None:
     path = bad_files / name
     out = tmp_path / "out"
-    code, _, err = _segment([str(path), "-o", str(out)], model, cluster, capsys)
+    code, _, err = segment_cli([str(path), "-o", str(out)], model, cluster, capsys)
     assert code == 1
     assert_clean_failure(err)
     lines = error_lines(err)
@@ -335,7 +317,7 @@ def test_segment_refuses_an_implausibly_large_slide(
     path = tmp_path / "big.tiff"
     path.write_bytes(big_sparse(200_000))
     out = tmp_path / "out"
-    code, _, err = _segment([str(path), "-o", str(out), "--mpp", "1.0"], model, cluster, capsys)
+    code, _, err = segment_cli([str(path), "-o", str(out), "--mpp", "1.0"], model, cluster, capsys)
     assert code == 1
     assert_clean_failure(err)
     lines = error_lines(err)
@@ -376,7 +358,7 @@ def test_batch_goes_on_and_earlier_outputs_are_untouched(
     before = snapshot(previous_run / "good")
     notes = (previous_run / "notes.txt").stat().st_mtime_ns
 
-    code, _, err = _segment([str(batch), "-o", str(previous_run)], model, cluster, capsys)
+    code, _, err = segment_cli([str(batch), "-o", str(previous_run)], model, cluster, capsys)
 
     assert code == 1
     assert_clean_failure(err)
@@ -418,7 +400,7 @@ def test_missing_and_dangling_slides_in_a_batch(
         "-o",
         str(tmp_path / "o"),
     ]
-    code, _, err = _segment(args, model, cluster, capsys)
+    code, _, err = segment_cli(args, model, cluster, capsys)
     assert code == 1
     assert_clean_failure(err)
     lines = error_lines(err)

@@ -15,10 +15,9 @@ import pytest
 from tests.segment_helpers import (
     assert_clean_failure,
     error_lines,
-    local_cluster,
     run_cli,
+    segment_cli,
     snapshot,
-    tiny_checkpoint,
 )
 from wsiseg.errors import InputError
 from wsiseg.io.names import (
@@ -179,22 +178,6 @@ NAMES = {  # slide file -> expected output folder (None: the name plus its path 
 
 
 @pytest.fixture(scope="module")
-def cluster() -> str:
-    with local_cluster() as address:
-        yield address
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("model"))
-
-
-def _segment(args: list[str], model: Path, cluster: str, capsys) -> tuple[int, str, str]:
-    options = ["--model", str(model), "--cluster", cluster, "--device", "cpu"]
-    return run_cli(["segment", *options, *args], capsys)
-
-
-@pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory, model: Path, cluster: str) -> Path:
     """Slides with awkward names segmented into an OUT that already holds user files."""
     root = tmp_path_factory.mktemp("paths")
@@ -250,7 +233,7 @@ def test_dash_names_as_arguments(
     before = snapshot(out / "x")
     monkeypatch.chdir(first_run / "slides")
     for form in (["-o", str(out), "--", "-x.tiff"], ["./-x.tiff", "-o", str(out)]):
-        code, stdout, err = _segment(form, model, cluster, capsys)
+        code, stdout, err = segment_cli(form, model, cluster, capsys)
         assert code == 0, err
         assert "skipped" in stdout and str(out / "x") in stdout
     code, stdout, err = run_cli(["info", "--json", "--", "-x.tiff"], capsys)
@@ -276,7 +259,7 @@ def test_same_slide_twice_is_segmented_once(
     (slides / "sub").mkdir(exist_ok=True)
     out = first_run / "out"
     args = [str(slides / "a..b.tiff"), str(slides / "sub" / ".." / "a..b.tiff"), "-o", str(out)]
-    code, stdout, err = _segment(args, model, cluster, capsys)
+    code, stdout, err = segment_cli(args, model, cluster, capsys)
     assert code == 0, err
     run = json.loads((out / "run.json").read_text())
     assert [(s["status"], Path(s["out"]).name) for s in run["slides"]] == [("skipped", "a..b")]
@@ -290,7 +273,7 @@ def test_colliding_slide_in_a_later_run_gets_its_own_folder(
     before = {p.name: snapshot(p) for p in out.iterdir() if p.is_dir()}
     other = _slide(tmp_path / "elsewhere", "標本 2.tiff", 99)
     for extra in ([], ["--overwrite"]):
-        code, _, err = _segment([str(other), "-o", str(out), *extra], model, cluster, capsys)
+        code, _, err = segment_cli([str(other), "-o", str(out), *extra], model, cluster, capsys)
         assert code == 0, err
     own = out / f"標本_2-{path_hash(other)}"
     assert json.loads((own / "summary.json").read_text())["slide"] == str(other)
@@ -307,11 +290,11 @@ def test_overwrite_replaces_only_that_slides_outputs(
     others = {p.name: snapshot(p) for p in out.iterdir() if p.is_dir() and p != target}
     old = snapshot(target)
     args = [str(slide), "-o", str(out), "--output-mpp", "4.0"]
-    code, _, err = _segment(args, model, cluster, capsys)  # other settings: refused
+    code, _, err = segment_cli(args, model, cluster, capsys)  # other settings: refused
     assert code == 1 and "--overwrite" in err
     assert_clean_failure(err)
     assert len(error_lines(err)) == 1 and snapshot(target) == old
-    code, _, err = _segment([*args, "--overwrite"], model, cluster, capsys)
+    code, _, err = segment_cli([*args, "--overwrite"], model, cluster, capsys)
     assert code == 0, err
     assert json.loads((target / "summary.json").read_text())["output_mpp"] == 4.0
     assert snapshot(target) != old
@@ -343,7 +326,7 @@ def test_shards_agree_on_names(model: Path, cluster: str, tmp_path: Path, capsys
     a = _slide(tmp_path / "a", "s.tiff", 21)
     b = _slide(tmp_path / "b", "s.tiff", 22)
     out = tmp_path / "out"
-    code, _, err = _segment(
+    code, _, err = segment_cli(
         [str(b), str(a), "-o", str(out), "--shard", "1/2"], model, cluster, capsys
     )
     assert code == 0, err
