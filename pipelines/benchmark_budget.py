@@ -54,10 +54,10 @@ import torch
 
 from wsiseg.io import open_slide
 from wsiseg.io.fileops import atomic_path
-from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
 from wsiseg.models.config import DEFAULT_CLASSES, ModelConfig
 from wsiseg.models.deformseg import DeformSeg, MemorySource
 from wsiseg.models.loading import load_model
+from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 from wsiseg.train.budget_curve import BudgetRun, format_budget_markdown, summarise_budget
 from wsiseg.train.datasets import ArraySource, LabeledSource, discover_sources
 from wsiseg.train.evaluate import confusion_per_source

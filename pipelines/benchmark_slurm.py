@@ -45,7 +45,7 @@ def _tiny_model(folder: Path) -> Path:
 
 
 def _synthetic_slides(folder: Path, n: int, width: int, height: int) -> list[Path]:
-    from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
+    from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 
     return [
         write_synthetic_slide(

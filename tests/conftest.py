@@ -22,7 +22,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def small_synthetic(tmp_path_factory: pytest.TempPathFactory):
     """A small synthetic slide (3072 x 2048 at 0.5 µm/px, 4x pyramid), made once per run."""
-    from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
+    from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 
     out = tmp_path_factory.mktemp("synth")
     spec = SynthSpec(width_px=3072, height_px=2048, seed=7, tile_px=256, level_factor=2)

@@ -32,7 +32,7 @@ from tests.segment_helpers import (
 )
 from wsiseg.errors import RegionError, SlideOpenError, SlideReadError
 from wsiseg.io import open_slide
-from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
+from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 
 _SHORT, _LONG = 3, 4  # TIFF field types
 

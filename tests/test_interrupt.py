@@ -264,11 +264,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two small synthetic slides in a folder and an untrained tiny model."""
     import torch
 
-    from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
     from wsiseg.models.checkpoint import save_checkpoint
     from wsiseg.models.config import packaged_model_config
     from wsiseg.models.deformseg import DeformSeg
     from wsiseg.models.loading import checkpoint_config
+    from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 
     tmp = tmp_path_factory.mktemp("interrupt")
     for name, seed, size in (("s0", 21, (1536, 1024)), ("s1", 22, (2048, 1536))):

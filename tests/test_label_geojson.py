@@ -19,8 +19,8 @@ import pytest
 from shapely.geometry import Polygon
 
 from wsiseg.errors import InputError
-from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
 from wsiseg.models.config import DEFAULT_CLASSES
+from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 from wsiseg.train.datasets import discover_sources, rasterise_labels, read_geojson_labels
 from wsiseg.train.losses import IGNORE_INDEX
 

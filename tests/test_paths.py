@@ -28,8 +28,8 @@ from wsiseg.io.names import (
     safe_name,
     slide_checksum,
 )
-from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
 from wsiseg.pipeline.run import OUTPUT_FILES
+from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 
 
 # -- names ----------------------------------------------------------------------------

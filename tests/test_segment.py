@@ -14,7 +14,7 @@ import tifffile
 from wsiseg.cli import main
 from wsiseg.export.geojson import read_geojson_labels
 from wsiseg.export.ome_tiff import read_label_ome_tiff
-from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
+from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 from wsiseg.train.datasets import LabelMask
 from wsiseg.train.metrics import confusion_matrix, mean_iou
 

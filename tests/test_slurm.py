@@ -206,11 +206,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two small synthetic slides and an untrained tiny model checkpoint."""
     import torch
 
-    from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
     from wsiseg.models.checkpoint import save_checkpoint
     from wsiseg.models.config import packaged_model_config
     from wsiseg.models.deformseg import DeformSeg
     from wsiseg.models.loading import checkpoint_config
+    from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 
     tmp = tmp_path_factory.mktemp("slurm-inputs")
     slides = [

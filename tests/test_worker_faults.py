@@ -140,11 +140,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, client: Client) -> dict[str
     """A small synthetic slide, an untrained tiny model and its uninterrupted result."""
     import torch
 
-    from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
     from wsiseg.models.checkpoint import save_checkpoint
     from wsiseg.models.config import packaged_model_config
     from wsiseg.models.deformseg import DeformSeg
     from wsiseg.models.loading import checkpoint_config
+    from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 
     tmp = tmp_path_factory.mktemp("faults")
     spec = SynthSpec(width_px=2048, height_px=1536, seed=31)

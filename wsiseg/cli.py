@@ -217,7 +217,7 @@ def synth(
     """Write a synthetic prostate-biopsy slide NAME.tiff and its label mask NAME_mask.tiff."""
     from tqdm import tqdm
 
-    from wsiseg.io.synthetic import SynthSpec, write_synthetic_slide
+    from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 
     try:
         spec = SynthSpec(

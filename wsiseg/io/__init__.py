@@ -1,4 +1,4 @@
-"""Slide I/O: readers (OpenSlide, tiffslide), lazy pyramids, OME-Zarr, synthetic slides."""
+"""Slide I/O: readers (OpenSlide, tiffslide), lazy pyramids, OME-Zarr."""
 
 from __future__ import annotations
 
