@@ -41,7 +41,7 @@ def _write(path: Path, data: bytes) -> Path:
     ("make", "expect"),
     [
         (lambda d: d / "missing.svs", "no such file"),
-        (lambda d: d, "is a folder"),
+        (lambda d: d, "no slides found"),
         (lambda d: _write(d / "empty.svs", b""), "empty file"),
         (lambda d: _write(d / "notes.svs", b"this is not a slide\n"), "unsupported, corrupt"),
         (lambda d: _write(d / "photo.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64), "unsupported"),

@@ -109,10 +109,13 @@ def _format_info(info: dict[str, Any]) -> str:
 def info(
     slides: tuple[Path, ...], as_json: bool, backend: str, mpp: float | None, out: Path | None
 ) -> None:
-    """Describe slides: backend, vendor, levels, sizes, mpp, tile size."""
+    """Describe slides (files or folders, as `segment` finds them): levels, sizes, mpp."""
+    paths = _expand_slides(slides)
+    if not paths:
+        raise WsisegError("no slides found in the given paths")
     results: list[dict[str, Any]] = []
     failed = 0
-    for path in slides:
+    for path in paths:
         try:
             results.append(_slide_info(path, backend, mpp))
         except WsisegError as exc:
@@ -396,71 +399,11 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- segment
-SLIDE_SUFFIXES = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".mrxs",
-    ".scn",
-    ".vms",
-    ".vmu",
-    ".bif",
-    ".svslide",
-    ".dcm",
-)
-
-
 def _expand_slides(inputs: tuple[Path, ...]) -> list[Path]:
-    """Files as given; folders expanded to the slides in them (label masks skipped).
+    """Files as given; folders searched recursively (see `wsiseg.io.discovery`)."""
+    from wsiseg.io.discovery import discover_slides
 
-    A slide reached twice (``slide.tiff`` and ``sub/../slide.tiff``, or a file and its
-    folder) is kept once, where it first appears.
-    """
-    found: list[Path] = []
-    for p in inputs:
-        if _is_dir(p) and not _is_dicom_folder(p):
-            for child in _list_folder(p):
-                low = child.name.lower()
-                if child.name.startswith("."):
-                    continue
-                if low.endswith(("_mask.tiff", "_mask.tif")):
-                    continue
-                if child.is_file() and child.suffix.lower() in SLIDE_SUFFIXES:
-                    found.append(child)
-                elif _is_dicom_folder(child):
-                    found.append(child)
-        else:
-            found.append(p)  # anything else: open_slide says what is wrong with it
-    out: list[Path] = []
-    seen: set[Path] = set()
-    for path in found:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append(path)
-    return out
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return path.is_dir()
-    except OSError:  # e.g. a name too long for the file system
-        return False
-
-
-def _is_dicom_folder(path: Path) -> bool:
-    try:
-        return path.is_dir() and any(c.suffix.lower() == ".dcm" for c in path.iterdir())
-    except OSError:  # unreadable: not expanded; open_slide reports it
-        return False
-
-
-def _list_folder(folder: Path) -> list[Path]:
-    try:
-        return sorted(folder.iterdir())
-    except OSError as exc:
-        raise WsisegError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from exc
+    return discover_slides(inputs)
 
 
 def _remove_if_empty(folder: Path) -> None:

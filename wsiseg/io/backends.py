@@ -62,9 +62,9 @@ class OpenSlideReader(_WrappedSlide):
     def _openable_path(path: Path) -> Path:
         # A DICOM series folder is one slide: OpenSlide takes any file of the series.
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".dcm")
-            if files:
-                return files[0]
+            from wsiseg.io.discovery import folder_series_file
+
+            return folder_series_file(path)
         return path
 
     def _read_inside(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:

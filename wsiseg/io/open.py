@@ -6,8 +6,9 @@ import logging
 import os
 from pathlib import Path
 
-from wsiseg.errors import SlideOpenError
+from wsiseg.errors import InputError, SlideOpenError
 from wsiseg.io.backends import BACKENDS
+from wsiseg.io.discovery import folder_series_file
 from wsiseg.io.reader import BaseSlideReader, is_plausible_mpp
 from wsiseg.io.tiffcheck import check_tiff_structure
 
@@ -39,8 +40,10 @@ def _check_file(p: Path) -> None:
     if not p.exists():
         raise SlideOpenError(f"{p}: no such file")
     if p.is_dir():
-        if not any(c.suffix.lower() == ".dcm" for c in p.iterdir()):
-            raise SlideOpenError(f"{p}: is a folder, not a slide (only DICOM series folders are)")
+        try:
+            folder_series_file(p)
+        except InputError as exc:
+            raise SlideOpenError(str(exc)) from exc
         return
     if not p.is_file():
         raise SlideOpenError(f"{p}: not a regular file")
@@ -58,7 +61,8 @@ def open_slide(
     Parameters
     ----------
     path
-        A slide file, or a folder holding one DICOM series.
+        A slide file, or a folder holding one DICOM whole-slide series (a series
+        in a folder with others is opened by any one of its files).
     backend
         ``"auto"`` (OpenSlide first, tiffslide where OpenSlide can't; OME-TIFF the
         other way round), ``"openslide"`` or ``"tiffslide"``.

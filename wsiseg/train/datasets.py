@@ -38,6 +38,7 @@ from shapely.geometry.base import BaseGeometry
 from wsiseg.errors import InputError
 from wsiseg.geometry import as_multipolygon, polygons_to_mask
 from wsiseg.io import open_slide
+from wsiseg.io.discovery import DICOM_SUFFIXES, SLIDE_SUFFIXES
 from wsiseg.io.reader import BaseSlideReader
 from wsiseg.train.losses import IGNORE_INDEX
 
@@ -360,20 +361,11 @@ def _panda_sources(root: Path, class_maps: Mapping[str, Sequence[int]]) -> list[
     return out
 
 
-#: Slide files looked for beside ``X.geojson``, in this order.
+#: Slide files looked for beside ``X.geojson``, in this order (no DICOM: a series is many files).
 GEOJSON_SLIDE_SUFFIXES: tuple[str, ...] = (
-    ".svs",
-    ".tiff",
-    ".tif",
+    *(s for s in SLIDE_SUFFIXES if s not in DICOM_SUFFIXES),
     ".ome.tiff",
     ".ome.tif",
-    ".ndpi",
-    ".mrxs",
-    ".scn",
-    ".bif",
-    ".vms",
-    ".vmu",
-    ".svslide",
 )
 
 
