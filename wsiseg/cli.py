@@ -249,10 +249,34 @@ def synth(
 
 
 # --------------------------------------------------------------------------- train
-def _sources(data: Path, data_mpp: float | None, binary: bool, class_names: tuple[str, ...]):  # type: ignore[no-untyped-def]
+def _sources(  # type: ignore[no-untyped-def]
+    data: Path,
+    data_mpp: float | None,
+    binary: bool,
+    class_names: tuple[str, ...],
+    split: str | None = None,
+    target: str | None = None,
+):
     from wsiseg.train.datasets import discover_sources
 
-    return discover_sources(data, data_mpp=data_mpp, binary_labels=binary, class_names=class_names)
+    return discover_sources(
+        data,
+        data_mpp=data_mpp,
+        binary_labels=binary,
+        class_names=class_names,
+        split=split,
+        target=target,
+    )
+
+
+_SPLIT_HELP = (
+    "Official split of a GlaS (glas-full) or MoNuSeg folder: train, test (GlaS test A), "
+    "testB or all"
+)
+_TARGET_HELP = (
+    "Labels of a GlaS/MoNuSeg folder: binary (gland / nucleus) or three-class "
+    "(GlaS: not gland, benign gland, malignant gland); binary also means --binary-labels"
+)
 
 
 @cli.command()
@@ -283,6 +307,30 @@ def _sources(data: Path, data_mpp: float | None, binary: bool, class_names: tupl
     "--data-mpp", type=float, default=None, help="Pixel size of image tiles without metadata."
 )
 @click.option("--binary-labels", is_flag=True, help="Instance masks: object vs background.")
+@click.option(
+    "--split",
+    type=click.Choice(["train", "test", "testB", "all"]),
+    default=None,
+    help=_SPLIT_HELP + " [default: train].",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["binary", "three-class"]),
+    default=None,
+    help=_TARGET_HELP + " [default: binary].",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Without --val-data, on a GlaS/MoNuSeg folder with --split train: this share of "
+    "the training images, whole patients, is held out for validation (0: validate on "
+    "training regions).",
+)
+@click.option(
+    "--val-seed", type=int, default=0, show_default=True, help="Seed of the validation split."
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 def train(
     config: str,
@@ -295,12 +343,17 @@ def train(
     device: str,
     data_mpp: float | None,
     binary_labels: bool,
+    split: str | None,
+    target: str | None,
+    val_fraction: float,
+    val_seed: int,
     resume: bool,
 ) -> None:
     """Train a learned, uniform or tiled model on labeled slides."""
     from tqdm import tqdm
 
     from wsiseg.models.config import ModelConfig, load_config_file
+    from wsiseg.train.layouts import read_layout, split_by_patient
     from wsiseg.train.loop import StepInfo, TrainConfig
     from wsiseg.train.loop import train as run_training
 
@@ -314,10 +367,35 @@ def train(
     if seed is not None:
         train_raw["seed"] = seed
     train_cfg = TrainConfig.from_dict(train_raw)
-    train_src = _sources(data, data_mpp, binary_labels, model_cfg.class_names)
+    layout = read_layout(data, data_mpp)
+    summary: dict[str, Any] = {"data": str(data), "val_data": str(val_data) if val_data else None}
+    if layout is not None:  # the data set says what the classes are
+        split, target = split or "train", target or "binary"
+        classes = layout.classes(target)
+        if "classes" in raw.get("model", {}) and model_cfg.class_names != tuple(
+            n for n, _ in classes
+        ):
+            raise WsisegError(
+                f"the config's classes ({', '.join(model_cfg.class_names)}) are not those of "
+                f"--target {target} ({', '.join(n for n, _ in classes)})"
+            )
+        model_cfg = model_cfg.replace(classes=classes)
+        summary.update(layout=layout.kind, split=split, target=target)
+    train_src = _sources(data, data_mpp, binary_labels, model_cfg.class_names, split, target)
     val_src = (
-        _sources(val_data, data_mpp, binary_labels, model_cfg.class_names) if val_data else None
+        _sources(val_data, data_mpp, binary_labels, model_cfg.class_names, None, target)
+        if val_data
+        else None
     )
+    if val_src is None and layout is not None and split == "train" and val_fraction > 0:
+        train_src, val_src = split_by_patient(train_src, val_fraction, val_seed)
+        patients = sorted({s.group for s in val_src})
+        summary.update(val_fraction=val_fraction, val_seed=val_seed, val_patients=patients)
+        click.echo(
+            f"validation: {len(val_src)} of {len(train_src) + len(val_src)} training images "
+            f"({len(patients)} patients) held out (--val-fraction {val_fraction}, "
+            f"--val-seed {val_seed})"
+        )
     bar = tqdm(
         total=train_cfg.steps, desc=f"train {model_cfg.sampler}", unit="step", file=sys.stderr
     )
@@ -338,7 +416,7 @@ def train(
         device=device,
         resume=resume,
         on_step=on_step,
-        data_summary={"data": str(data), "val_data": str(val_data) if val_data else None},
+        data_summary=summary,
     )
     bar.close()
     click.echo(f"best checkpoint: {best}")
@@ -354,6 +432,18 @@ def train(
     "--data-mpp", type=float, default=None, help="Pixel size of image tiles without metadata."
 )
 @click.option("--binary-labels", is_flag=True, help="Instance masks: object vs background.")
+@click.option(
+    "--split",
+    type=click.Choice(["train", "test", "testB", "all"]),
+    default=None,
+    help=_SPLIT_HELP + " [default: test].",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["binary", "three-class"]),
+    default=None,
+    help=_TARGET_HELP + " [default: the one matching the model's classes].",
+)
 def evaluate(
     model: str,
     baselines: tuple[str, ...],
@@ -362,6 +452,8 @@ def evaluate(
     device: str,
     data_mpp: float | None,
     binary_labels: bool,
+    split: str | None,
+    target: str | None,
 ) -> None:
     """mIoU, per-class IoU and Dice, with bootstrap 95% intervals over slides."""
     from tqdm import tqdm
@@ -369,13 +461,22 @@ def evaluate(
     from wsiseg.io.fileops import atomic_path
     from wsiseg.models.loading import load_model
     from wsiseg.train.evaluate import confusion_per_source, format_markdown, summarise
+    from wsiseg.train.layouts import read_layout, target_for_classes
 
     models = [load_model(m, device=device) for m in (model, *baselines)]
     names = models[0].config.class_names
     for m in models[1:]:
         if m.config.class_names != names:
             raise WsisegError("the baselines' classes differ from the model's")
-    sources = _sources(data, data_mpp, binary_labels, names)
+    layout = read_layout(data, data_mpp)
+    if layout is not None:
+        split = split or "test"
+        target = target or target_for_classes(layout, names)
+        if tuple(n for n, _ in layout.classes(target)) != names:
+            raise WsisegError(
+                f"the model's classes ({', '.join(names)}) are not those of --target {target}"
+            )
+    sources = _sources(data, data_mpp, binary_labels, names, split, target)
     per_source = {}
     for spec, net in zip((model, *baselines), models, strict=True):
         label = f"{net.config.sampler} ({Path(spec).stem})"

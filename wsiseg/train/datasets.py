@@ -10,7 +10,9 @@ Supported layouts (`discover_sources`):
 - **geojson** - slides with a QuPath GeoJSON of the same stem (``X.svs`` + ``X.geojson``),
   polygons rasterised by class name (pixel centres inside; `read_geojson_labels` repairs
   invalid polygons, clips to the slide, skips points and lines, and keeps areas of
-  unknown classes out of training, each with a warning; malformed files are errors).
+  unknown classes out of training, each with a warning; malformed files are errors);
+- **glas** / **monuseg** - the published sets as they are (`wsiseg.train.layouts`):
+  official split, per-image pixel size, patients, binary or three-class targets.
 
 Every source reads a level-0 box resampled to a requested size: images area-averaged
 from the nearest finer pyramid level, labels by nearest neighbour (never averaged).
@@ -40,6 +42,7 @@ from wsiseg.geometry import as_multipolygon, polygons_to_mask
 from wsiseg.io import open_slide
 from wsiseg.io.discovery import DICOM_SUFFIXES, SLIDE_SUFFIXES
 from wsiseg.io.reader import BaseSlideReader
+from wsiseg.train.layouts import read_layout
 from wsiseg.train.losses import IGNORE_INDEX
 
 __all__ = [
@@ -538,17 +541,39 @@ def discover_sources(
     binary_labels: bool = False,
     panda_class_maps: Mapping[str, Sequence[int]] = PANDA_CLASS_MAPS,
     geojson_downsample: float = 4.0,
+    split: str | None = None,
+    target: str | None = None,
 ) -> list[LabeledSource]:
     """Find labeled images under ``root`` in any supported layout.
+
+    For the GlaS and MoNuSeg layouts (`wsiseg.train.layouts`) ``split`` picks the
+    official split (default ``all``) and ``target`` the labels (default ``binary``);
+    other layouts have no split, and ``target="binary"`` means ``binary_labels``.
 
     Raises
     ------
     InputError
-        If ``root`` is missing or holds nothing usable.
+        If ``root`` is missing or holds nothing usable, or ``split``/``target`` do not
+        apply to its layout.
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such data folder")
+    layout = read_layout(root, data_mpp)
+    if layout is not None:
+        chosen = layout.select(split or "all")
+        log.info("%s: %s layout, split %s: %d images", root, layout.kind, split, len(chosen))
+        return [
+            ArraySource(im.name, *layout.load(im, target or "binary"), im.mpp, group=im.patient)
+            for im in chosen
+        ]
+    if split is not None and split != "all":
+        raise InputError(
+            f"{root}: --split needs a layout with an official split (GlaS glas-full or MoNuSeg)"
+        )
+    if target == "three-class":
+        raise InputError(f"{root}: --target three-class needs the GlaS layout (grade.csv)")
+    binary_labels = binary_labels or target == "binary"
     sources: list[LabeledSource] = []
     if (root / "train_label_masks").is_dir():
         sources.extend(_panda_sources(root, panda_class_maps))

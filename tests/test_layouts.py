@@ -1,0 +1,231 @@
+"""The GlaS (glas-full) and MoNuSeg layouts: splits, pixel sizes, targets, patient split."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsiseg.cli import main
+from wsiseg.errors import InputError
+from wsiseg.train.datasets import discover_sources
+from wsiseg.train.layouts import (
+    GLAS_MPP,
+    MONUSEG_MPP,
+    read_layout,
+    split_by_patient,
+    target_for_classes,
+)
+
+# name, patient, grade
+GLAS = [
+    ("train_1", 1, "benign"),
+    ("train_2", 1, "benign"),
+    ("train_3", 2, "malignant"),
+    ("train_4", 3, "malignant"),
+    ("train_5", 3, "malignant"),
+    ("train_6", 4, "benign"),
+    ("testA_1", 2, "malignant"),
+    ("testA_2", 5, "benign"),
+]
+
+
+def _write_pair(root: Path, name: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[8 + seed % 10 : 30, 5 : 40 + seed % 20] = 255
+    Image.fromarray(img).save(root / "images" / f"{name}.png")
+    Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+    return mask
+
+
+@pytest.fixture
+def glas(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    root = tmp_path / "glas-full"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    masks = {name: _write_pair(root, name, i) for i, (name, _, _) in enumerate(GLAS)}
+    with open(root / "grade.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["name", "patient_id", "grade_glas", "grade_sirinukunwattana2015"])
+        for name, patient, grade in GLAS:
+            w.writerow([name, patient, grade, "x"])
+    return root, masks
+
+
+@pytest.fixture
+def monuseg(tmp_path: Path) -> Path:
+    root = tmp_path / "monuseg"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = [
+        ("TCGA-AA-0001-01Z-00-DX1", "train", "0.2527"),
+        ("TCGA-AA-0002-01Z-00-DX1", "train", ""),
+        ("TCGA-BB-0003-01A-01-TS1", "train", "0.2468"),
+        ("TCGA-CC-0004-01A-01-TS1", "test", "0.2480"),
+    ]
+    for i, (name, _, _) in enumerate(rows):
+        _write_pair(root, name, i)
+    with open(root / "split.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["name", "split", "mask_kind", "n_nuclei", "xml_microns_per_pixel"])
+        for name, split, mpp in rows:
+            w.writerow([name, split, "x", "1", mpp])
+    return root
+
+
+def test_glas_official_split_pixel_size_and_binary_masks(glas) -> None:
+    root, masks = glas
+    train = discover_sources(root, split="train")
+    assert [s.name for s in train] == [f"train_{i}" for i in range(1, 7)]
+    test = discover_sources(root, split="test")
+    assert sorted(s.name for s in test) == ["testA_1", "testA_2"]
+    assert len(discover_sources(root)) == 8  # no split: all
+    assert {s.mpp for s in train} == {GLAS_MPP}
+    assert {s.mpp for s in discover_sources(root, split="test", data_mpp=0.5)} == {0.5}
+    for s in test:
+        _, lab = s.read(0, 0, 64, 48, (48, 64))
+        np.testing.assert_array_equal(lab, (masks[s.name] > 0).astype(np.uint8))
+    assert {s.group for s in train} == {"patient-1", "patient-2", "patient-3", "patient-4"}
+    with pytest.raises(InputError, match="no images in split 'testB'"):
+        discover_sources(root, split="testB")
+
+
+def test_glas_three_class_follows_the_grade(glas) -> None:
+    root, masks = glas
+    by_name = {s.name: s for s in discover_sources(root, split="all", target="three-class")}
+    for name, _, grade in GLAS:
+        _, lab = by_name[name].read(0, 0, 64, 48, (48, 64))
+        want = (masks[name] > 0).astype(np.uint8) * (1 if grade == "benign" else 2)
+        np.testing.assert_array_equal(lab, want)
+    layout = read_layout(root)
+    assert layout is not None
+    assert [n for n, _ in layout.classes("three-class")] == [
+        "Not gland",
+        "Benign gland",
+        "Malignant gland",
+    ]
+    assert target_for_classes(layout, ("Not gland", "Gland")) == "binary"
+    with pytest.raises(InputError, match="none of the glas targets"):
+        target_for_classes(layout, ("Background", "Stroma", "Benign gland", "Tumor"))
+
+
+def test_monuseg_split_and_per_image_pixel_size(monuseg: Path) -> None:
+    train = {s.name: s for s in discover_sources(monuseg, split="train")}
+    assert len(train) == 3
+    assert train["TCGA-AA-0001-01Z-00-DX1"].mpp == pytest.approx(0.2527)
+    assert train["TCGA-AA-0002-01Z-00-DX1"].mpp == pytest.approx(MONUSEG_MPP)  # blank
+    assert train["TCGA-BB-0003-01A-01-TS1"].group == "TCGA-BB-0003"
+    # --data-mpp stands in only where the csv is blank.
+    fb = {s.name: s.mpp for s in discover_sources(monuseg, split="train", data_mpp=0.3)}
+    assert fb["TCGA-AA-0002-01Z-00-DX1"] == pytest.approx(0.3)
+    assert fb["TCGA-AA-0001-01Z-00-DX1"] == pytest.approx(0.2527)
+    (test,) = discover_sources(monuseg, split="test")
+    assert test.name == "TCGA-CC-0004-01A-01-TS1" and test.mpp == pytest.approx(0.248)
+    with pytest.raises(InputError, match="no 'three-class' target"):
+        discover_sources(monuseg, target="three-class")
+
+
+def test_monuseg_csv_errors_are_clear(monuseg: Path) -> None:
+    text = (monuseg / "split.csv").read_text().replace(",test,", ",holdout,")
+    (monuseg / "split.csv").write_text(text)
+    with pytest.raises(InputError, match="unknown split 'holdout'"):
+        discover_sources(monuseg)
+    (monuseg / "split.csv").write_text("name,mpp\nx,1\n")
+    with pytest.raises(InputError, match="missing column"):
+        discover_sources(monuseg)
+
+
+def test_split_and_target_need_a_known_layout(small_synthetic) -> None:
+    with pytest.raises(InputError, match="--split needs a layout"):
+        discover_sources(small_synthetic.image.parent, split="train")
+    with pytest.raises(InputError, match="three-class needs the GlaS layout"):
+        discover_sources(small_synthetic.image.parent, target="three-class")
+
+
+def test_patient_split_is_disjoint_and_deterministic(glas) -> None:
+    root, _ = glas
+    sources = discover_sources(root, split="train")
+    train, val = split_by_patient(sources, 0.34, seed=3)
+    assert val and train
+    assert not {s.group for s in train} & {s.group for s in val}
+    assert sorted(s.name for s in train + val) == sorted(s.name for s in sources)
+    again = split_by_patient(list(reversed(sources)), 0.34, seed=3)[1]
+    assert sorted(s.name for s in again) == sorted(s.name for s in val)
+    seen = {tuple(sorted(s.name for s in split_by_patient(sources, 0.34, k)[1])) for k in range(8)}
+    assert len(seen) > 1, "the seed must change the split"
+    with pytest.raises(InputError, match="between 0 and 1"):
+        split_by_patient(sources, 1.0)
+
+
+def test_cli_train_val_split_and_evaluate_on_glas_layout(glas, tmp_path: Path, capsys) -> None:
+    root, _ = glas
+    out = tmp_path / "run"
+    main(["train", "--config", "tiny", "--data", str(root), "-o", str(out), "--steps", "2"])
+    said = capsys.readouterr().out
+    assert "validation:" in said and "patients) held out" in said
+    meta = json.loads((out / "best.json").read_text())["config"]
+    assert [c["name"] for c in meta["model"]["classes"]] == ["Not gland", "Gland"]
+    data = meta["data"]
+    assert data["layout"] == "glas" and data["split"] == "train" and data["target"] == "binary"
+    assert not set(data["train_images"]) & set(data["val_images"])
+    assert all(n.startswith("train_") for n in data["train_images"] + data["val_images"])
+    assert data["val_patients"]
+    ev = tmp_path / "eval"
+    main(["evaluate", "--model", str(out / "best.safetensors"), "--data", str(root), "-o", str(ev)])
+    result = json.loads((ev / "eval.json").read_text())
+    assert result["n_slides"] == 2  # test A only, binary target found from the model's classes
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(out / "best.safetensors"),
+                "--data",
+                str(root),
+                "--target",
+                "three-class",
+                "-o",
+                str(ev),
+            ]
+        )
+    assert exc.value.code != 0
+    assert "error:" in capsys.readouterr().err
+
+
+def test_real_glas_and_monuseg_folders(shared_data: Path) -> None:
+    labeled = shared_data / "labeled"
+    if not (labeled / "glas-full" / "grade.csv").is_file():
+        pytest.skip(f"glas-full not found under {labeled}")
+    glas = read_layout(labeled / "glas-full")
+    assert glas is not None and glas.kind == "glas"
+    assert len(glas.select("train")) == 85 and len(glas.select("test")) == 60
+    assert {im.mpp for im in glas.images} == {GLAS_MPP}
+    train, val = split_by_patient(glas.select("train"), 0.2, seed=0)
+    assert not {im.patient for im in train} & {im.patient for im in val}
+    assert 10 <= len(val) <= 25
+    items = {im.name: im for im in glas.images}
+    for name, value in (("testA_2", 1), ("testA_3", 2)):  # benign, malignant (grade.csv)
+        _, binary = glas.load(items[name], "binary")
+        _, three = glas.load(items[name], "three-class")
+        assert set(np.unique(binary)) == {0, 1}
+        np.testing.assert_array_equal(three, binary * value)
+
+    if not (labeled / "monuseg" / "split.csv").is_file():
+        pytest.skip(f"monuseg not found under {labeled}")
+    mono = read_layout(labeled / "monuseg")
+    assert mono is not None and mono.kind == "monuseg"
+    assert len(mono.select("train")) == 30 and len(mono.select("test")) == 7
+    mpp = {im.name: im.mpp for im in mono.images}
+    assert mpp["TCGA-21-5784-01Z-00-DX1"] == pytest.approx(0.2527)
+    assert mpp["TCGA-18-5592-01Z-00-DX1"] == pytest.approx(MONUSEG_MPP)  # blank in split.csv
+    assert len({im.patient for im in mono.images}) == 37
+    train_m, val_m = split_by_patient(mono.select("train"), 0.2, seed=0)
+    assert len(val_m) == 6 and not {i.patient for i in train_m} & {i.patient for i in val_m}
+    test_src = discover_sources(labeled / "monuseg", split="test")
+    assert len(test_src) == 7 and all(0.24 < s.mpp < 0.26 for s in test_src)
