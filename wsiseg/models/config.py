@@ -7,19 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from wsiseg.errors import InputError
+from wsiseg.models.samplers import get_sampler
 
 __all__ = [
     "ModelConfig",
-    "SAMPLERS",
     "DEFAULT_CLASSES",
     "load_config_file",
     "packaged_model_config",
 ]
-
-SAMPLERS = ("learned", "uniform", "tiled")
 
 #: wsiseg's prostate classes: (name, RGB colour). QuPath's built-in names where they fit.
 DEFAULT_CLASSES: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -40,10 +38,11 @@ class ModelConfig:
     view and predicts a ``saliency_grid_px`` density; the Gaussian radius is
     ``radius_cells`` saliency cells. The tiled model trains on ``tile_train_px`` windows
     at full resolution and predicts with ``tile_infer_px`` windows overlapping by
-    ``tile_overlap_px`` (it is fully convolutional).
+    ``tile_overlap_px`` (it is fully convolutional). ``sampler`` names a registered
+    sampler (`wsiseg.models.samplers`: ``learned``, ``uniform``, ``tiled``).
     """
 
-    sampler: Literal["learned", "uniform", "tiled"] = "learned"
+    sampler: str = "learned"
     segmenter: str = "unet-resnet18"
     classes: tuple[tuple[str, tuple[int, int, int]], ...] = DEFAULT_CLASSES
     task_mpp: float = 0.5
@@ -62,8 +61,7 @@ class ModelConfig:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise InputError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
+        get_sampler(self.sampler)  # an unknown name lists the known ones
         for name in ("region_px", "sample_px", "saliency_input_px", "saliency_grid_px"):
             if int(getattr(self, name)) < 2:
                 raise InputError(f"{name} must be >= 2")
@@ -85,9 +83,7 @@ class ModelConfig:
     @property
     def budget(self) -> float:
         """Samples per region pixel (1 for the tiled full-resolution model)."""
-        if self.sampler == "tiled":
-            return 1.0
-        return (self.sample_px / self.region_px) ** 2
+        return get_sampler(self.sampler).budget(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

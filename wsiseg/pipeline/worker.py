@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from wsiseg.io.reader import SlideRef
-from wsiseg.models.deformseg import DeformSeg, ForwardOut
+from wsiseg.models.deformseg import DeformSeg
 from wsiseg.models.loading import load_model
 from wsiseg.models.slide_source import SlideRegionSource
 from wsiseg.pipeline.stitch import core_of
@@ -68,26 +68,8 @@ def predict_batch(
     source = SlideRegionSource(reader, [(r.x0, r.y0, r.side) for r in regions], plan.region_px)
     out_px = plan.region_out_px
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
-    fwd = None
     with torch.inference_mode():
-        if model.config.sampler == "tiled":
-            t = time.perf_counter()
-            probs, _ = model.predict(source, (out_px, out_px))
-            seconds["segmenter"] = time.perf_counter() - t - source.read_seconds
-        else:
-            t = time.perf_counter()
-            grid, density = model.compute_grid(source)
-            seconds["saliency"] = time.perf_counter() - t - source.read_seconds
-            t, read_before = time.perf_counter(), source.read_seconds
-            samples = source.sample(grid)
-            seconds["sampling"] = time.perf_counter() - t - (source.read_seconds - read_before)
-            t = time.perf_counter()
-            logits = model.segment_samples(samples)
-            seconds["segmenter"] = time.perf_counter() - t
-            t = time.perf_counter()
-            probs = model.project_back(logits, grid, (out_px, out_px))
-            seconds["backprojection"] = time.perf_counter() - t
-            fwd = ForwardOut(logits=logits, grid=grid, density=density)
+        probs, fwd = model.predict(source, (out_px, out_px), timings=seconds)
     seconds["read"] = source.read_seconds
     labels = probs.argmax(1).to(torch.uint8).cpu().numpy()
     cores = [(r.index, core_of(plan, r, lab)) for r, lab in zip(regions, labels, strict=True)]

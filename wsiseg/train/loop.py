@@ -21,7 +21,6 @@ from wsiseg.models.checkpoint import save_checkpoint
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.deformseg import DeformSeg, MemorySource
 from wsiseg.models.loading import checkpoint_config, load_model, resolve_device
-from wsiseg.models.mipmap import sample_labels
 from wsiseg.train.datasets import LabeledSource
 from wsiseg.train.losses import (
     edge_loss,
@@ -85,21 +84,8 @@ def training_step(
     """Loss of one batch of regions (images [B,3,R,R] in [0,1], labels [B,R,R])."""
     cfg = model.config
     device = model.device
-    if cfg.sampler == "tiled":
-        s = cfg.tile_train_px
-        r = images.shape[-1]
-        crops_x, crops_y = [], []
-        for i in range(images.shape[0]):
-            y0, x0 = (int(v) for v in rng.integers(0, r - s + 1, size=2))
-            crops_x.append(images[i, :, y0 : y0 + s, x0 : x0 + s])
-            crops_y.append(labels[i, y0 : y0 + s, x0 : x0 + s])
-        logits = model.forward_window(torch.stack(crops_x).to(device))
-        seg = segmentation_loss(logits, torch.stack(crops_y).to(device))
-        return seg, float(seg.detach()), 0.0
-    out = model(MemorySource(images.to(device)))
-    assert out.grid is not None
-    target = sample_labels(labels.to(device), out.grid)
-    seg = segmentation_loss(out.logits, target)
+    out = model.sampler.training_outputs(model, images, labels, rng)
+    seg = segmentation_loss(out.logits, out.target)
     if out.density is None or gamma <= 0:
         return seg, float(seg.detach()), 0.0
     g = cfg.saliency_grid_px
