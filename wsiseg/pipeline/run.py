@@ -38,6 +38,7 @@ from wsiseg.models.config import ModelConfig
 from wsiseg.models.loading import resolve_model_path
 from wsiseg.pipeline.cluster import task_resources
 from wsiseg.pipeline.config import SegmentConfig
+from wsiseg.pipeline.roi import clip_roi_to_slide
 from wsiseg.pipeline.stitch import Stitcher
 from wsiseg.pipeline.worker import BatchResult, predict_batch
 from wsiseg.tiling import RegionPlan, plan_regions
@@ -157,6 +158,8 @@ def segment_slide(
         with open_slide(slide, backend=backend, mpp=mpp) as reader:
             mpp0 = reader.mpp[0]
             mpp_source = "metadata" if is_plausible_mpp(reader.mpp_reported[0]) else "override"
+            if roi is not None:  # only its part on the slide; none is an error
+                roi = clip_roi_to_slide(roi, reader.level_dimensions[0])
             ref = reader.ref()
             tissue = detect_tissue(reader, TissueParams(thumb_mpp=config.thumb_mpp))
             thumb = reader.thumbnail(config.thumb_mpp)
