@@ -320,6 +320,8 @@ def _run(
     mcfg = model_config(ds, sampler, budget, quick)
     train_d = dataclasses.asdict(tcfg)
     train_d.pop("threads")  # how many threads does not change the result's meaning
+    if train_d.get("augment") == "basic":  # added later; the default keeps earlier hashes
+        train_d.pop("augment")
     ident = {
         "version": VERSION,
         "dataset": ds.name,

@@ -21,6 +21,7 @@ from wsiseg.models.checkpoint import save_checkpoint
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.deformseg import DeformSeg, MemorySource
 from wsiseg.models.loading import checkpoint_config, load_model, resolve_device
+from wsiseg.train.augment import augment_real
 from wsiseg.train.datasets import LabeledSource
 from wsiseg.train.losses import (
     edge_loss,
@@ -34,6 +35,8 @@ from wsiseg.train.regions import RegionDrawer, augment, to_tensors
 __all__ = ["TrainConfig", "StepInfo", "train", "training_step", "validate"]
 
 log = logging.getLogger(__name__)
+
+AUGMENTS = ("basic", "real")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,13 @@ class TrainConfig:
     val_regions: int = 16
     jitter: float = 0.06
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    #: "basic": flips and 90° rotations (synthetic slides); "real": also scale, H&E stain
+    #: jitter, brightness/contrast and blur (`wsiseg.train.augment`) for real tissue
+    augment: str = "basic"
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTS:
+            raise InputError(f"unknown augment {self.augment!r} (known: {', '.join(AUGMENTS)})")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -203,7 +213,10 @@ def train(
         if pool_i is None or pool_l is None or (step - start) % train_cfg.refresh_every == 0:
             pool_i, pool_l = drawer.draw(train_cfg.pool_regions, rng)
         idx = rng.integers(0, len(pool_i), size=train_cfg.batch_size)
-        imgs, labs = augment(pool_i[idx], pool_l[idx], rng)
+        if train_cfg.augment == "real":
+            imgs, labs = augment_real(pool_i[idx], pool_l[idx], rng)
+        else:
+            imgs, labs = augment(pool_i[idx], pool_l[idx], rng)
         x, y = to_tensors(imgs, labs, rng, train_cfg.jitter)
         gamma = gamma_schedule(step, train_cfg.steps, train_cfg.edge_gamma)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
