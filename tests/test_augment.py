@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -14,8 +17,10 @@ from wsiseg.colour import (
     rgb_to_od,
 )
 from wsiseg.errors import InputError
+from wsiseg.models.config import packaged_model_config
 from wsiseg.train.augment import RealAugment, augment_real, hed_jitter, rescale
-from wsiseg.train.loop import TrainConfig
+from wsiseg.train.datasets import ArraySource
+from wsiseg.train.loop import TrainConfig, train
 
 GEOMETRY_ONLY = RealAugment(p_scale=1.0, p_stain=0.0, p_light=0.0, p_blur=0.0)
 ALL_ON = RealAugment(p_scale=1.0, p_stain=1.0, p_light=1.0, p_blur=1.0)
@@ -119,3 +124,24 @@ def test_train_config_augment_values() -> None:
     assert TrainConfig.from_dict({"augment": "real"}).augment == "real"
     with pytest.raises(InputError, match="unknown augment"):
         TrainConfig.from_dict({"augment": "heavy"})
+
+
+def test_training_with_real_augmentation_stores_colour_stats(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    img = np.full((96, 128, 3), 255, np.uint8)
+    img[10:90, 10:120] = rng.integers(0, 30, (80, 110, 3)) + np.array([150, 70, 160], np.uint8)
+    lab = np.zeros((96, 128), np.uint8)
+    lab[30:70, 30:90] = 1
+    src = ArraySource("a", img, lab, 0.5)
+    cfg = packaged_model_config("tiny").replace(
+        classes=(("Background", (255, 255, 255)), ("Gland", (0, 0, 200)))
+    )
+    tcfg = TrainConfig(
+        steps=2, batch_size=2, pool_regions=2, steps_per_epoch=2, val_regions=1, augment="real"
+    )
+    best = train(cfg, tcfg, [src], tmp_path / "run", device="cpu")
+    meta = json.loads(best.with_suffix(".json").read_text())["config"]
+    assert meta["train_cfg"]["augment"] == "real"
+    stats = ColourStats.from_dict(meta["colour_stats"])
+    expected = colour_stats([img])
+    assert expected is not None and stats.mean == pytest.approx(expected.mean, abs=1e-3)

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from wsiseg.colour import ColourStats, colour_stats
 from wsiseg.errors import InputError
 from wsiseg.io.fileops import atomic_path
 from wsiseg.models.checkpoint import save_checkpoint
@@ -146,6 +147,22 @@ def _load_train_state(run: Path, opt: torch.optim.Optimizer) -> dict[str, Any]:
     return meta
 
 
+def _colour_stats(sources: Sequence[LabeledSource], max_px: int = 512) -> ColourStats | None:
+    """OD statistics of the tissue of the training images, each read whole at <= max_px."""
+
+    def images() -> Iterator[np.ndarray]:
+        for src in sources:
+            w, h = src.size
+            f = min(1.0, max_px / max(w, h))
+            out = (max(1, round(h * f)), max(1, round(w * f)))
+            yield src.read(0, 0, w, h, out)[0]
+
+    stats = colour_stats(images())
+    if stats is not None:
+        log.info("training colour (OD mean %s)", ", ".join(f"{v:.3f}" for v in stats.mean))
+    return stats
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -193,6 +210,7 @@ def train(
     summary.setdefault("train_images", [s.name for s in train_sources])
     if val_sources:
         summary.setdefault("val_images", [s.name for s in val_sources])
+    colour = _colour_stats(train_sources)
 
     def save(name: str, step: int, miou: float) -> None:
         meta = checkpoint_config(
@@ -201,6 +219,7 @@ def train(
             data=summary,
             step=step,
             val_miou=miou,
+            **({"colour_stats": colour.to_dict()} if colour is not None else {}),
         )
         save_checkpoint(out_dir / name, model.state_dict(), meta)
 
