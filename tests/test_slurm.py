@@ -40,12 +40,12 @@ JOB_NAME = "wsiseg-ci"
 
 
 def test_packaged_profiles_match_examples_and_render() -> None:
-    from wsiseg.resources import packaged_config, packaged_configs
+    from wsiseg.resources import packaged, packaged_names
 
-    assert {"slurm-cpu", "slurm-gpu"} <= set(packaged_configs("clusters"))
+    assert {"slurm-cpu", "slurm-gpu"} <= set(packaged_names("clusters"))
     for name in ("slurm-cpu", "slurm-gpu"):
-        packaged = packaged_config("clusters", name).read_text()
-        assert packaged == (REPO / "configs" / "clusters" / f"{name}.yaml").read_text()
+        text = packaged("clusters", name).read_text()
+        assert text == (REPO / "configs" / "clusters" / f"{name}.yaml").read_text()
     gpu = slurm_job_script("slurm-gpu")
     assert "#SBATCH --gres=gpu:1" in gpu
     assert "--resources GPU=1" in gpu and "--lifetime 55m --lifetime-stagger 4m" in gpu
@@ -53,9 +53,7 @@ def test_packaged_profiles_match_examples_and_render() -> None:
     assert "#SBATCH --mem=32G" in gpu
     cpu = slurm_job_script("slurm-cpu")
     assert "--nthreads 1" in cpu and "--nworkers 4" in cpu and "--gres" not in cpu
-    assert load_cluster_config(packaged_config("clusters", "slurm-gpu")).task_resources == {
-        "GPU": 1.0
-    }
+    assert load_cluster_config(packaged("clusters", "slurm-gpu")).task_resources == {"GPU": 1.0}
 
 
 def test_user_dask_config_beats_packaged_profile_but_not_a_file(tmp_path: Path) -> None:

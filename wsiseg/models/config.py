@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from wsiseg.errors import InputError
 from wsiseg.models.samplers import get_sampler
+from wsiseg.resources import resolve
 
 __all__ = [
     "ModelConfig",
@@ -125,16 +125,7 @@ def load_config_file(config: str | Path) -> dict[str, Any]:
     """
     import yaml
 
-    path = Path(config)
-    if not path.exists():
-        root = resources.files("wsiseg") / "resources" / "configs" / "models"
-        packaged = Path(str(root / f"{config}.yaml"))
-        if not packaged.is_file():
-            known = sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
-            raise InputError(
-                f"no such file or packaged model config: {str(config)!r} (packaged: {', '.join(known)})"
-            )
-        path = packaged
+    path = resolve("models", config)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from wsiseg import __version__
-from wsiseg.errors import WsisegError
+from wsiseg.errors import InputError, WsisegError
 from wsiseg.models.checkpoint import (
     CheckpointError,
     check_state_fits,
@@ -20,6 +19,7 @@ from wsiseg.models.checkpoint import (
 )
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.deformseg import DeformSeg
+from wsiseg.resources import packaged
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -53,17 +53,16 @@ def checkpoint_config(model_cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
 
 def default_model_path() -> Path:
     """The bundled demo model (``wsiseg/resources/models/default.safetensors``)."""
-    ref = resources.files("wsiseg") / "resources" / "models" / "default.safetensors"
-    return Path(str(ref))
+    try:
+        return packaged("checkpoints", DEFAULT_MODEL)
+    except InputError as exc:
+        raise WsisegError("the bundled default model is missing from this installation") from exc
 
 
 def resolve_model_path(model: str | Path) -> Path:
     """``default`` -> the bundled model; anything else is a checkpoint path."""
     if str(model) == DEFAULT_MODEL:
-        path = default_model_path()
-        if not path.exists():
-            raise WsisegError("the bundled default model is missing from this installation")
-        return path
+        return default_model_path()
     return Path(model)
 
 

@@ -285,14 +285,14 @@ def _resolve_cluster(cluster: str) -> ClusterConfig | None:
         if not p.is_file():
             raise InputError(f"--cluster {cluster!r}: no such cluster config file")
         return load_cluster_config(p, packaged=False)
-    from wsiseg.resources import packaged_config
+    from wsiseg.resources import packaged, packaged_names
 
     try:
-        path = packaged_config("clusters", cluster)
+        path = packaged("clusters", cluster)
     except InputError as exc:
         raise InputError(
             f"--cluster {cluster!r}: expected 'local', a scheduler address tcp://host:port, "
-            f"a YAML file or a packaged cluster profile ({str(exc).split('(packaged: ')[-1]}"
+            f"a YAML file or a packaged cluster profile ({', '.join(packaged_names('clusters'))})"
         ) from exc
     return load_cluster_config(path, packaged=True)
 
