@@ -194,6 +194,56 @@ def test_geojson_property_valid_coverage(lab: np.ndarray, simplify: float) -> No
         assert shapely.union_all(geoms).area == pytest.approx(sum(g.area for g in geoms))
 
 
+def test_geojson_stays_on_the_slide() -> None:
+    """A slide 4099 x 3001 px at 4 px per label px: the raster's last column and row reach
+    4100 and 3004; features are cut at the slide's edge and still tile it exactly."""
+    width, height, ds = 4099, 3001, 4
+    lab = np.ones((-(-height // ds), -(-width // ds)), np.uint8)
+    lab[600:, 900:] = 2  # Stroma in the bottom-right corner
+    lab[100:200, 1000:] = 3  # Other along the right edge
+    lab[-3:, :50] = 3  # and along the bottom edge
+    kw: dict = dict(downsample=ds, offset=(0.0, 0.0), min_area_um2=0)
+    assert shapely.get_coordinates(shape(_features(lab, **kw)[1]["geometry"])).max() > width
+    feats = _features(lab, slide_size=(width, height), **kw)
+    geoms = [shape(f["geometry"]) for f in feats]
+    xy = np.concatenate([shapely.get_coordinates(g) for g in geoms])
+    assert xy.min() == 0 and xy[:, 0].max() == width and xy[:, 1].max() == height
+    assert all(g.is_valid and g.geom_type == "Polygon" for g in geoms)
+    np.testing.assert_allclose(xy * 100, np.round(xy * 100), atol=1e-6)  # 0.01 px grid
+    assert sum(g.area for g in geoms) == pytest.approx(width * height)
+    assert shapely.union_all(geoms).area == pytest.approx(width * height)  # no overlaps
+    areas = [f["properties"]["measurements"][AREA_MEASUREMENT] for f in feats]
+    assert sum(areas) == pytest.approx(width * height * 0.25**2)
+
+
+def test_segment_geojson_stays_on_the_slide(
+    model: Path, cluster: str, tmp_path: Path, capsys
+) -> None:
+    """End to end, on an all-tissue slide whose size is no multiple of the output pixel."""
+    from tests.segment_helpers import segment_cli
+
+    width, height = 1027, 771
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal((205, 120, 175), 12, (height, width, 3)), 0, 255).astype(np.uint8)
+    slide = tmp_path / "odd.tiff"
+    res = 1e4 / 0.5  # pixels per cm at 0.5 µm/px
+    tifffile.imwrite(
+        slide,
+        img,
+        tile=(256, 256),
+        photometric="rgb",
+        resolution=(res, res),
+        resolutionunit="CENTIMETER",
+    )
+    code, _, err = segment_cli([str(slide), "-o", str(tmp_path / "out")], model, cluster, capsys)
+    assert code == 0, err
+    feats = json.loads((tmp_path / "out" / "odd" / "annotations.geojson").read_text())["features"]
+    xy = np.concatenate([shapely.get_coordinates(shape(f["geometry"])) for f in feats])
+    assert xy.min() >= 0 and xy[:, 0].max() <= width and xy[:, 1].max() <= height
+    # The labels reach the slide's edges (all tissue), so the cut was needed.
+    assert xy[:, 0].max() == width and xy[:, 1].max() == height
+
+
 def test_geojson_atomic_write(tmp_path: Path) -> None:
     path = tmp_path / "a.geojson"
     write_geojson(path, [])

@@ -151,6 +151,14 @@ def test_real_slide_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     mask = read_label_ome_tiff(out / "CMU-1-Small-Region" / "mask.ome.tif")
     assert mask.shape == (math.ceil(2967 * 0.499 / 2.0), math.ceil(2220 * 0.499 / 2.0))
     assert summary["classes"]["Background"]["area_mm2"] > 0
+    # Features end at the slide's edge (the last output pixel row reached y = 2969.9).
+    import shapely
+    from shapely.geometry import shape
+
+    text = (out / "CMU-1-Small-Region" / "annotations.geojson").read_text()
+    feats = json.loads(text)["features"]
+    xy = np.concatenate([shapely.get_coordinates(shape(f["geometry"])) for f in feats])
+    assert xy.min() >= 0 and xy[:, 0].max() <= 2220 and xy[:, 1].max() <= 2967
 
 
 def test_rerun_after_interrupted_outputs(one_worker: Path, slides: Path, tmp_path: Path) -> None:

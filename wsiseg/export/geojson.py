@@ -27,7 +27,9 @@ three labels meet are pinned so that the input is edge-matched); coordinates are
 scaled to level 0, snapped to a 0.01 px grid (``shapely.set_precision``, QuPath
 0.6+ does the same on import and rejects what that makes invalid) and made valid
 afterwards. Simplification only removes vertices, so with an integer downsample
-and offset the snapping changes nothing.
+and offset the snapping changes nothing. Last, features are cut to the slide
+(``slide_size``): the raster's last row and column may cover part of a pixel past
+the slide's edge, and QuPath should measure only what is there.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry import shape as geojson_shape
 
 from wsiseg.geometry import mask_to_polygon_array, polygons_to_mask
@@ -114,6 +116,7 @@ def labels_to_features(
     min_area_um2: float = 100.0,
     simplify_px: float = 0.75,
     locked: bool = False,
+    slide_size: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """QuPath annotation features, one per connected region per non-background class.
 
@@ -140,6 +143,9 @@ def labels_to_features(
         exact pixel outlines. The default 1.0 smooths one-pixel stair steps.
     locked : bool
         Value of ``isLocked`` (locked annotations cannot be moved by accident).
+    slide_size : tuple of int, optional
+        Level-0 (width, height) of the slide: features are cut to ``[0, width] x
+        [0, height]`` (the raster's last row and column may reach past the edge).
 
     Returns
     -------
@@ -182,6 +188,10 @@ def labels_to_features(
         geoms, lambda xy: xy * float(downsample) + np.asarray(offset, np.float64)
     )
     geoms = shapely.set_precision(geoms, _PRECISION_PX)
+    if slide_size is not None:
+        edge = box(0, 0, *slide_size)
+        past = ~shapely.within(geoms, edge)
+        geoms[past] = shapely.set_precision(shapely.intersection(geoms[past], edge), _PRECISION_PX)
 
     features: list[dict[str, Any]] = []
     index = dict.fromkeys(present, 0)

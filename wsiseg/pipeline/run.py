@@ -340,6 +340,7 @@ def _write_outputs(
         mpp=plan.mpp,
         slide_id=slide_id,
         min_area_um2=config.min_area_um2,
+        slide_size=plan.slide_size,
     )
     write_geojson(out_dir / "annotations.geojson", features, overwrite=True)
     # Overlay: labels and density brought to the thumbnail's grid.
