@@ -84,12 +84,14 @@ def run_once(
     """
     import dask
 
+    from wsiseg.pipeline.batch import BatchSettings, prepare_model, run_batch
     from wsiseg.pipeline.cluster import open_client
     from wsiseg.pipeline.config import SegmentConfig
-    from wsiseg.pipeline.run import model_info, segment_slide
+    from wsiseg.pipeline.outputs import SlideSummary
 
-    info = model_info(model)
     config = SegmentConfig(batch_regions=batch_regions)
+    settings = BatchSettings(model=model, config=config, cluster=cluster, overwrite=True)
+    info, _ = prepare_model(settings)
     t0 = time.perf_counter()
     with open_client(cluster, workers=jobs) as client:
         # Each job runs `processes` workers; wait for all of them.
@@ -98,12 +100,13 @@ def run_once(
         t1 = time.perf_counter()
         client.run(_warm, str(info.path), config.device, config.threads_per_worker)
         t2 = time.perf_counter()
+        record = run_batch(slides, out, settings, client=client)
         regions = 0
-        for slide in slides:
-            o = segment_slide(slide, out, info, config, client, overwrite=True)
-            if o.status != "done":
-                raise SystemExit(f"{slide}: {o.status} {o.message}")
-            regions += int(o.summary.get("regions", 0))
+        for s in record.slides:
+            if s.status != "done" or s.out is None:
+                raise SystemExit(f"{s.slide}: {s.status} {s.message}")
+            summary = json.loads((Path(s.out) / "summary.json").read_text())
+            regions += SlideSummary.from_json(summary).regions
         t3 = time.perf_counter()
         n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
     return {

@@ -15,8 +15,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wsiseg.export import report
 from wsiseg.export.overlay import render_overlay, write_png
-from wsiseg.export.report import render_report, write_report
+from wsiseg.pipeline.outputs import RunRecord, SlideRecord, SlideSummary
+
+
+def _entries(slides: list[dict[str, Any]]) -> list[tuple[SlideRecord, SlideSummary | None]]:
+    """Slide dicts (as in run.json, with their summary) as the records the report reads."""
+    return [
+        (
+            SlideRecord.from_json(s),
+            SlideSummary.from_json(s["summary"]) if isinstance(s.get("summary"), dict) else None,
+        )
+        for s in slides
+    ]
+
+
+def render_report(run: dict[str, Any], slides: list[dict[str, Any]]) -> str:
+    return report.render_report(RunRecord.from_json(run), _entries(slides))
+
+
+def write_report(path: Path, run: dict[str, Any], slides: list[dict[str, Any]]) -> Path:
+    return report.write_report(path, RunRecord.from_json(run), _entries(slides))
+
 
 CLASSES = [
     {"name": "Background", "color": [255, 255, 255]},

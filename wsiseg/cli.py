@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +42,7 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {shown(message)}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -507,12 +507,78 @@ def _expand_slides(inputs: tuple[Path, ...]) -> list[Path]:
     return discover_slides(inputs)
 
 
-def _remove_if_empty(folder: Path) -> None:
-    """Remove a slide folder that a failed run created and left empty."""
+def _positive_mpp(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A pixel size option: None, or a finite number > 0."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value:g} is not a finite number > 0", ctx, param)
+    return value
+
+
+def _positive_int(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise click.BadParameter(f"{value} is not >= 1", ctx, param)
+    return value
+
+
+def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    from wsiseg.tiling import parse_shard
+
+    if value is None:
+        return None
     try:
-        folder.rmdir()
-    except OSError:
-        pass  # missing, or not empty: leave it
+        return parse_shard(value)
+    except WsisegError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1], ctx, param) from exc
+
+
+def shown(text: object) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``), for one-line output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+class _Bars:
+    """tqdm bars on stderr for `wsiseg.pipeline.batch.run_batch`; errors printed as they come."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.slides: Any = None
+        self.regions: Any = None
+
+    def slide_started(self, slide: Path, index: int, total: int) -> None:
+        if self.slides is None:
+            self.slides = self._tqdm(total=total, desc="slides", unit="slide", file=sys.stderr)
+        self.slides.set_postfix_str(shown(slide.name))
+        self.regions = self._tqdm(
+            desc=f"  {shown(slide.name)}", unit="region", file=sys.stderr, leave=False
+        )
+
+    def region_done(self, done: int, total: int) -> None:
+        if self.regions is not None:
+            self.regions.total = total
+            self.regions.n = done
+            self.regions.refresh()
+
+    def slide_waiting(self, slide: Path) -> None:
+        log.warning("%s: waiting for another run that holds its output folder", shown(slide))
+
+    def slide_finished(self, outcome: Any) -> None:
+        if self.regions is not None:
+            self.regions.close()
+            self.regions = None
+        if outcome.status in ("failed", "refused"):
+            msg = outcome.message
+            _fail(msg if outcome.slide in msg else f"{outcome.slide}: {msg}")
+        elif outcome.status == "no tissue":
+            log.warning("%s: no tissue found; nothing written", shown(outcome.slide))
+        if self.slides is not None:
+            self.slides.update(1)
+
+    def close(self) -> None:
+        for bar in (self.regions, self.slides):
+            if bar is not None:
+                bar.close()
 
 
 @cli.command()
@@ -524,7 +590,9 @@ def _remove_if_empty(folder: Path) -> None:
     "--workers",
     type=int,
     default=None,
-    help="local: worker processes (default: cores); SLURM: number of jobs.",
+    callback=_positive_int,
+    help="local: worker processes (default: cores; at most what cores and memory hold); "
+    "SLURM: number of jobs.",
 )
 @click.option(
     "--cluster",
@@ -533,19 +601,30 @@ def _remove_if_empty(folder: Path) -> None:
     help="'local', tcp://host:port, a packaged profile (slurm-cpu, slurm-gpu) or a cluster YAML.",
 )
 @click.option(
-    "--mpp", type=float, default=None, help="Pixel size (µm/px) where metadata lacks one."
+    "--mpp",
+    type=float,
+    default=None,
+    callback=_positive_mpp,
+    help="Pixel size (µm/px) where metadata lacks one.",
 )
 @click.option("--backend", type=BACKEND_CHOICE, default="auto", show_default=True)
 @click.option(
     "--roi", type=click.Path(path_type=Path), default=None, help="GeoJSON of regions to segment."
 )
 @click.option(
-    "--shard", default=None, help="i/N: take every N-th slide from the i-th (sbatch --array)."
+    "--shard",
+    default=None,
+    callback=_shard,
+    help="i/N: take every N-th slide from the i-th (sbatch --array).",
 )
 @click.option(
-    "--output-mpp", type=float, default=None, help="Label output µm/px (default 4x the model's)."
+    "--output-mpp",
+    type=float,
+    default=None,
+    callback=_positive_mpp,
+    help="Label output µm/px (default 4x the model's; the error lists allowed values).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace outputs of another model or settings.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs of other inputs or settings.")
 def segment(
     slides: tuple[Path, ...],
     out: Path,
@@ -556,128 +635,34 @@ def segment(
     mpp: float | None,
     backend: str,
     roi: Path | None,
-    shard: str | None,
+    shard: tuple[int, int] | None,
     output_mpp: float | None,
     overwrite: bool,
 ) -> None:
     """Segment slides (files or folders) into masks, QuPath GeoJSON and summaries."""
-    from tqdm import tqdm
-
-    from wsiseg.io.fileops import atomic_path, remove_stale_temporaries
-    from wsiseg.io.names import assign_output_names
-    from wsiseg.models.loading import check_model, resolve_device
-    from wsiseg.pipeline.cluster import open_client
+    from wsiseg.pipeline.batch import BatchSettings, run_batch
     from wsiseg.pipeline.config import SegmentConfig
-    from wsiseg.pipeline.roi import load_roi
-    from wsiseg.pipeline.run import OUTPUT_FILES, SlideOutcome, model_info, segment_slide
-    from wsiseg.tiling import parse_shard, take_shard
 
-    t_run = time.perf_counter()
-    shard_ix = parse_shard(shard)
-    every = [str(p) for p in _expand_slides(slides)]
-    paths = [Path(p) for p in take_shard(every, shard_ix)]
-    if not paths:
-        raise WsisegError("no slides found in the given paths")
-    check_model(model)  # weights, checksum, config and shapes, before any worker starts
-    info = model_info(model)
-    if cluster == "local":
-        resolve_device(device)  # remote workers may have GPUs the driver lacks
-    roi_geom = load_roi(roi) if roi is not None else None
-    config = SegmentConfig(output_mpp=output_mpp, device=device)
-    if out.exists() and not out.is_dir():
-        raise WsisegError(f"-o {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    # Names over the whole batch (sorted, as shards take it): every shard agrees on them.
-    batch = take_shard(every, (0, 1))
-    batch_names = assign_output_names([Path(p) for p in batch], out, OUTPUT_FILES)
-    name_of = dict(zip(batch, batch_names, strict=True))
-    names = [name_of[str(p)] for p in paths]
-    outcomes = []
-    with open_client(cluster, workers) as client:
-        slide_bar = tqdm(paths, desc="slides", unit="slide", file=sys.stderr)
-        for path, name in zip(slide_bar, names, strict=True):
-            slide_bar.set_postfix_str(path.name)
-            bar = tqdm(desc=f"  {path.name}", unit="region", file=sys.stderr, leave=False)
-
-            def tick(done: int, total: int, bar: Any = bar) -> None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
-
-            existed = (out / name).exists()
-            try:
-                outcome = segment_slide(
-                    path,
-                    out,
-                    info,
-                    config,
-                    client,
-                    backend=backend,
-                    mpp=mpp,
-                    roi=roi_geom,
-                    overwrite=overwrite,
-                    on_region=tick,
-                    name=name,
-                )
-            except Exception as exc:  # noqa: BLE001 - one slide's bug must not end the batch
-                log.debug("%s: unexpected error", path, exc_info=True)
-                outcome = SlideOutcome(str(path), "failed", None, f"{type(exc).__name__}: {exc}")
-            bar.close()
-            outcomes.append(outcome)
-            if outcome.status == "failed" and not existed:
-                _remove_if_empty(out / name)
-            if outcome.status == "failed":
-                _fail(
-                    f"{path}: {outcome.message}"
-                    if str(path) not in outcome.message
-                    else outcome.message
-                )
-            elif outcome.status == "no tissue":
-                log.warning("%s: no tissue found; nothing written", path)
-    run: dict[str, Any] = {
-        "model": str(info.path),
-        "model_sha256": info.sha256,
-        "model_config": info.config.to_dict(),
-        "segment_config": config.to_dict(),
-        "cluster": cluster,
-        "workers": workers,
-        "slides": [
-            {
-                "slide": o.slide,
-                "status": o.status,
-                "message": o.message,
-                "out": str(o.out_dir) if o.out_dir else None,
-            }
-            for o in outcomes
-        ],
-    }
-    run["wall_seconds"] = round(time.perf_counter() - t_run, 3)
-    suffix = "" if shard is None else f"-shard-{shard_ix[0]}-of-{shard_ix[1]}"
-    # a run killed while writing these left hidden temporaries of them behind
-    remove_stale_temporaries(out, names=(f"run{suffix}.json", f"report{suffix}.html"))
-    with atomic_path(out / f"run{suffix}.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(run, indent=2) + "\n")
-    from wsiseg.export.report import write_report
-
-    write_report(
-        out / f"report{suffix}.html",
-        run,
-        [
-            {
-                "slide": o.slide,
-                "status": o.status,
-                "message": o.message,
-                "out": str(o.out_dir) if o.out_dir else None,
-                "summary": o.summary,
-            }
-            for o in outcomes
-        ],
+    settings = BatchSettings(
+        model=model,
+        config=SegmentConfig(output_mpp=output_mpp, device=device),
+        cluster=cluster,
+        workers=workers,
+        backend=backend,
+        mpp=mpp,
+        roi=roi,
+        shard=shard,
+        overwrite=overwrite,
     )
-    for o in outcomes:
-        click.echo(
-            f"{o.status:>9}  {o.slide}" + (f"  -> {o.out_dir}" if o.out_dir else f"  ({o.message})")
-        )
-    if any(o.status == "failed" for o in outcomes):
+    bars = _Bars()
+    try:
+        record = run_batch(list(slides), out, settings, progress=bars)
+    finally:
+        bars.close()
+    for s in record.slides:
+        where = f"  -> {shown(s.out)}" if s.out else f"  ({shown(s.message)})"
+        click.echo(f"{s.status:>9}  {shown(s.slide)}{where}")
+    if any(s.status in ("failed", "refused") for s in record.slides):
         sys.exit(1)
 
 
@@ -688,6 +673,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         _fail("aborted")
         sys.exit(130)
+    except click.BadParameter as exc:  # a bad option value: one line
+        _fail(exc.format_message())
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -19,7 +19,15 @@ from shapely.geometry.base import BaseGeometry
 
 from wsiseg.errors import InputError
 
-__all__ = ["Region", "RegionPlan", "plan_regions", "parse_shard", "take_shard"]
+__all__ = [
+    "Region",
+    "RegionPlan",
+    "allowed_output_mpps",
+    "check_output_mpp",
+    "parse_shard",
+    "plan_regions",
+    "take_shard",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,37 @@ def _check_integral(value: float, what: str) -> int:
     if abs(value - n) > 1e-6 or n <= 0:
         raise InputError(f"{what} must be a positive whole number of output pixels, got {value:g}")
     return n
+
+
+def allowed_output_mpps(task_mpp: float, region_px: int, margin_px: int) -> list[float]:
+    """Every output pixel size (ascending) whose region core and margin are whole output
+    pixels and no finer than ``task_mpp``: ``core * task_mpp / k`` for whole ``k``."""
+    core = region_px - 2 * margin_px
+    if core <= 0:
+        return []
+    return sorted(core * task_mpp / k for k in range(1, core + 1) if (margin_px * k) % core == 0)
+
+
+def check_output_mpp(output_mpp: float, task_mpp: float, region_px: int, margin_px: int) -> None:
+    """Refuse an ``--output-mpp`` the model's region geometry cannot tile, listing the
+    allowed values (those with at most three decimals; others lie between them).
+
+    Raises
+    ------
+    InputError
+        ``output_mpp`` not finite and positive, or not one of `allowed_output_mpps`.
+    """
+    if not math.isfinite(output_mpp) or output_mpp <= 0:
+        raise InputError(f"--output-mpp {output_mpp:g}: must be a finite number > 0")
+    allowed = allowed_output_mpps(task_mpp, region_px, margin_px)
+    if any(abs(a - output_mpp) <= 1e-9 * max(1.0, a) for a in allowed):
+        return
+    nice = [a for a in allowed if abs(round(a, 3) - a) < 1e-9] or allowed[:12]
+    listed = ", ".join(f"{a:g}" for a in nice[:16])
+    raise InputError(
+        f"--output-mpp {output_mpp:g}: the model's region core ({region_px - 2 * margin_px} px "
+        f"at {task_mpp:g} µm/px) must be a whole number of output pixels; allowed: {listed}"
+    )
 
 
 def plan_regions(

@@ -117,6 +117,7 @@ def labels_to_features(
     simplify_px: float = 0.75,
     locked: bool = False,
     slide_size: tuple[int, int] | None = None,
+    clip: shapely.Geometry | None = None,
 ) -> list[dict[str, Any]]:
     """QuPath annotation features, one per connected region per non-background class.
 
@@ -146,6 +147,9 @@ def labels_to_features(
     slide_size : tuple of int, optional
         Level-0 (width, height) of the slide: features are cut to ``[0, width] x
         [0, height]`` (the raster's last row and column may reach past the edge).
+    clip : shapely geometry, optional
+        Level-0 area the features are cut to (e.g. the ``--roi``); parts outside it
+        are dropped and areas are measured inside it.
 
     Returns
     -------
@@ -192,6 +196,9 @@ def labels_to_features(
         edge = box(0, 0, *slide_size)
         past = ~shapely.within(geoms, edge)
         geoms[past] = shapely.set_precision(shapely.intersection(geoms[past], edge), _PRECISION_PX)
+    if clip is not None:
+        out = ~shapely.within(geoms, clip)
+        geoms[out] = shapely.set_precision(shapely.intersection(geoms[out], clip), _PRECISION_PX)
 
     features: list[dict[str, Any]] = []
     index = dict.fromkeys(present, 0)

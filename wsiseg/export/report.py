@@ -8,6 +8,10 @@ every slide with its status and class fractions, then one section per slide
 learned sampling density and legend, as drawn by :mod:`wsiseg.export.overlay`),
 the class areas, key figures and warnings (failures, no tissue, pixel size given
 with ``--mpp``). All text is escaped; missing or unreadable images give a note.
+
+Records in, a file out: the run, slide and summary records are read through the
+protocols below (`wsiseg.pipeline.outputs` defines the records that satisfy them;
+this layer does not import the pipeline).
 """
 
 from __future__ import annotations
@@ -22,14 +26,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image, UnidentifiedImageError
 
 from wsiseg import __version__
 from wsiseg.io.fileops import atomic_path
 
-__all__ = ["write_report", "render_report", "STATUS_LABELS"]
+__all__ = [
+    "STATUS_LABELS",
+    "ClassAreaView",
+    "RunView",
+    "SlideView",
+    "SummaryView",
+    "render_report",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +50,92 @@ STATUS_LABELS: dict[str, tuple[str, str]] = {
     "done": ("Done", "ok"),
     "skipped": ("Done earlier", "info"),
     "no tissue": ("No tissue", "warn"),
+    "refused": ("Refused", "error"),
     "failed": ("Failed", "error"),
 }
+
+
+class ClassAreaView(Protocol):
+    """One class's area in a summary."""
+
+    @property
+    def area_mm2(self) -> float: ...
+    @property
+    def fraction_of_tissue(self) -> float | None: ...
+
+
+class RoiView(Protocol):
+    """The ROI a slide was segmented within."""
+
+    @property
+    def area_mm2(self) -> float | None: ...
+
+
+class SummaryView(Protocol):
+    """What the report reads of a slide's ``summary.json``."""
+
+    @property
+    def sampler(self) -> str: ...
+    @property
+    def slide_mpp(self) -> float: ...
+    @property
+    def mpp_source(self) -> str: ...
+    @property
+    def output_mpp(self) -> float: ...
+    @property
+    def regions(self) -> int: ...
+    @property
+    def features(self) -> int: ...
+    @property
+    def tissue_area_mm2(self) -> float: ...
+    @property
+    def pixels_decoded_per_tissue_pixel(self) -> float | None: ...
+    @property
+    def wall_seconds(self) -> float | None: ...
+    @property
+    def seconds(self) -> Mapping[str, float]: ...
+    @property
+    def classes(self) -> Mapping[str, ClassAreaView]: ...
+    @property
+    def roi(self) -> RoiView | None: ...
+
+
+class SlideView(Protocol):
+    """One slide's line of the run: path, status, message, output folder."""
+
+    @property
+    def slide(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def out(self) -> str | None: ...
+
+
+class RunView(Protocol):
+    """The run's settings."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def model_sha256(self) -> str: ...
+    @property
+    def model_config(self) -> Mapping[str, Any]: ...
+    @property
+    def segment_config(self) -> Mapping[str, Any]: ...
+    @property
+    def output_mpp(self) -> float | None: ...
+    @property
+    def cluster(self) -> str: ...
+    @property
+    def workers(self) -> int | None: ...
+    @property
+    def wall_seconds(self) -> float | None: ...
+
+
+#: A slide and its summary (None when it has no results).
+SlideEntry = tuple[SlideView, SummaryView | None]
 
 #: Largest embedded widths (px); larger images are downscaled before embedding.
 _MAX_THUMB_PX = 1600
@@ -259,10 +355,9 @@ def _embed_image(path: Path, max_width: int, *, photo: bool) -> _Embedded:
     return _Embedded(uri, width, height)
 
 
-def _class_colours(run: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
+def _class_colours(run: RunView) -> tuple[dict[str, str], str | None]:
     """Class name -> CSS colour from the run's model config, and the background class."""
-    model_cfg = run.get("model_config")
-    classes = model_cfg.get("classes") if isinstance(model_cfg, Mapping) else None
+    classes = run.model_config.get("classes")
     colours: dict[str, str] = {}
     background: str | None = None
     if isinstance(classes, Sequence) and not isinstance(classes, str):
@@ -278,34 +373,29 @@ def _class_colours(run: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
     return colours, background
 
 
-def _tissue_classes(summary: Mapping[str, Any], background: str | None) -> list[str]:
+def _tissue_classes(summary: SummaryView | None, background: str | None) -> list[str]:
     """Names of a summary's classes, without the background (glass) class."""
-    classes = summary.get("classes")
-    if not isinstance(classes, Mapping):
+    if summary is None:
         return []
     bg = background if background is not None else "Background"
-    return [str(n) for n in classes if str(n) != bg]
+    return [n for n in summary.classes if n != bg]
 
 
-def _class_entry(summary: Mapping[str, Any], name: str) -> tuple[float | None, float | None]:
+def _class_entry(summary: SummaryView | None, name: str) -> tuple[float | None, float | None]:
     """(area in mm², fraction of tissue) of a class in a summary; None where absent."""
-    classes = summary.get("classes")
-    entry = classes.get(name) if isinstance(classes, Mapping) else None
-    if not isinstance(entry, Mapping):
+    entry = summary.classes.get(name) if summary is not None else None
+    if entry is None:
         return None, None
-    return _num(entry.get("area_mm2")), _num(entry.get("fraction_of_tissue"))
+    return _num(entry.area_mm2), _num(entry.fraction_of_tissue)
 
 
-def _seconds(summary: Mapping[str, Any]) -> float | None:
+def _seconds(summary: SummaryView | None) -> float | None:
     """Wall time of a slide: ``wall_seconds``, else the sum of its timed steps."""
-    wall = _num(summary.get("wall_seconds"))
-    if wall is not None:
-        return wall
-    steps = summary.get("seconds")
-    if isinstance(steps, Mapping):
-        vals = [v for v in (_num(s) for s in steps.values()) if v is not None]
-        return sum(vals) if vals else None
-    return None
+    if summary is None:
+        return None
+    if summary.wall_seconds is not None:
+        return summary.wall_seconds
+    return sum(summary.seconds.values()) if summary.seconds else None
 
 
 def _budget(model_cfg: Mapping[str, Any]) -> str:
@@ -321,24 +411,23 @@ def _budget(model_cfg: Mapping[str, Any]) -> str:
     return f"{frac} of pixels ({sample:g}\u00b2 samples per {region:g}\u00b2 region)"
 
 
-def _header(run: Mapping[str, Any], slides: Sequence[Mapping[str, Any]]) -> str:
+def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
     """The page header: title, run settings and a count of slides by status."""
-    model_cfg = run.get("model_config")
-    mc: Mapping[str, Any] = model_cfg if isinstance(model_cfg, Mapping) else {}
-    seg_cfg = run.get("segment_config")
-    sc: Mapping[str, Any] = seg_cfg if isinstance(seg_cfg, Mapping) else {}
-    model = str(run.get("model") or "\u2014")
-    sha = str(run.get("model_sha256") or "")
+    mc, sc = run.model_config, run.segment_config
+    model = run.model or "\u2014"
+    sha = run.model_sha256
     task_mpp = _num(mc.get("task_mpp"))
     out_mpp = _num(sc.get("output_mpp"))
-    if out_mpp is not None:
+    if out_mpp is None and run.output_mpp is not None:
+        out_mpp_text = f"{_fmt(run.output_mpp)} µm/px <small>(default)</small>"
+    elif out_mpp is not None:
         out_mpp_text = f"{_fmt(out_mpp)} µm/px"
     elif task_mpp is not None:
         out_mpp_text = f"{_fmt(task_mpp * 4)} µm/px <small>(default, 4\u00d7 task)</small>"
     else:
         out_mpp_text = "default"
-    workers = run.get("workers")
-    cluster = str(run.get("cluster") or "local")
+    workers = run.workers
+    cluster = run.cluster or "local"
     items: list[tuple[str, str]] = [
         (
             "Model",
@@ -353,14 +442,13 @@ def _header(run: Mapping[str, Any], slides: Sequence[Mapping[str, Any]]) -> str:
         ("Workers", _e(workers) if workers is not None else "default"),
         ("Device", _e(sc.get("device", "\u2014"))),
     ]
-    wall = _num(run.get("wall_seconds"))
+    wall = _num(run.wall_seconds)
     if wall is not None:
         items.append(("Run time", f"{_fmt(wall)} s"))
     settings = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in items)
     counts: dict[str, int] = {}
-    for s in slides:
-        status = str(s.get("status", ""))
-        counts[status] = counts.get(status, 0) + 1
+    for s, _ in slides:
+        counts[s.status] = counts.get(s.status, 0) + 1
     badges = "".join(
         f'<span class="badge {STATUS_LABELS.get(st, (st, "info"))[1]}">'
         f"{n} {_e(STATUS_LABELS.get(st, (st, ''))[0].lower())}</span>"
@@ -385,7 +473,7 @@ def _badge(status: str) -> str:
 
 
 def _overview(
-    slides: Sequence[Mapping[str, Any]],
+    slides: Sequence[SlideEntry],
     anchors: Sequence[str],
     class_names: Sequence[str],
     colours: Mapping[str, str],
@@ -398,21 +486,20 @@ def _overview(
         for c in class_names
     )
     rows = []
-    for i, (s, anchor) in enumerate(zip(slides, anchors, strict=True)):
-        summary = _summary(s)
-        status = str(s.get("status", ""))
+    for i, ((s, summary), anchor) in enumerate(zip(slides, anchors, strict=True)):
+        status = s.status
         cells = "".join(
             f'<td class="num">{_fmt_pct(_class_entry(summary, c)[1])}</td>' for c in class_names
         )
-        tissue = _num(summary.get("tissue_area_mm2"))
+        tissue = _num(summary.tissue_area_mm2) if summary is not None else None
         secs = _seconds(summary)
-        message = str(s.get("message") or "")
+        message = s.message
         if status in ("done", "skipped"):
             message = ""
         short = message if len(message) <= 140 else message[:139] + "\u2026"
         rows.append(
             f'<tr><td class="num">{i + 1}</td>'
-            f'<td class="name"><a href="#{anchor}">{_e(_slide_name(str(s.get("slide", ""))))}</a></td>'
+            f'<td class="name"><a href="#{anchor}">{_e(_slide_name(s.slide))}</a></td>'
             f"<td>{_badge(status)}</td>"
             f'<td class="num">{_fmt(tissue) if tissue is not None else chr(0x2014)}</td>'
             f"{cells}"
@@ -431,11 +518,6 @@ def _overview(
         )
         + "</section>"
     )
-
-
-def _summary(slide: Mapping[str, Any]) -> Mapping[str, Any]:
-    summary = slide.get("summary")
-    return summary if isinstance(summary, Mapping) else {}
 
 
 def _figure(img: _Embedded, caption: str, alt: str, grow: float) -> str:
@@ -478,9 +560,7 @@ def _images(out: Path | None, name: str, sampler: object) -> str:
     )
 
 
-def _class_table(
-    summary: Mapping[str, Any], background: str | None, colours: Mapping[str, str]
-) -> str:
+def _class_table(summary: SummaryView, background: str | None, colours: Mapping[str, str]) -> str:
     names = _tissue_classes(summary, background)
     if not names:
         return '<div><h3>Class areas</h3><p class="sub">No class areas in the summary.</p></div>'
@@ -495,7 +575,7 @@ def _class_table(
             f"</div></td>"
             f'<td class="num">{_fmt(area)}</td><td class="num">{_fmt_pct(frac)}</td></tr>'
         )
-    tissue = _num(summary.get("tissue_area_mm2"))
+    tissue = _num(summary.tissue_area_mm2)
     if tissue is not None:
         rows.append(
             f'<tr class="total"><td>Tissue</td><td class="num">{_fmt(tissue)}</td>'
@@ -508,24 +588,24 @@ def _class_table(
     )
 
 
-def _key_figures(summary: Mapping[str, Any]) -> str:
+def _key_figures(summary: SummaryView) -> str:
     """Regions, decoding cost, pixel sizes and time of one slide."""
-    ppt = _num(summary.get("pixels_decoded_per_tissue_pixel"))
+    ppt = _num(summary.pixels_decoded_per_tissue_pixel)
     ppt_text = _fmt(ppt)
     if ppt and ppt < 1:
         ppt_text += f" <small>(1 in {_fmt(1 / ppt, 2)})</small>"
-    slide_mpp = _num(summary.get("slide_mpp"))
-    mpp_source = summary.get("mpp_source")
+    slide_mpp = _num(summary.slide_mpp) or None
+    mpp_source = summary.mpp_source
     slide_mpp_text = f"{_fmt(slide_mpp)} µm/px" if slide_mpp is not None else "\u2014"
     if mpp_source == "override":
         slide_mpp_text += " <small>(--mpp)</small>"
     elif mpp_source:
         slide_mpp_text += f" <small>({_e(mpp_source)})</small>"
-    out_mpp = _num(summary.get("output_mpp"))
+    out_mpp = _num(summary.output_mpp) or None
     secs = _seconds(summary)
-    steps = summary.get("seconds")
+    steps = summary.seconds
     phases = ""
-    if isinstance(steps, Mapping) and steps:
+    if steps:
         parts = [
             f"<span>{_e(k)} <b>{_fmt(_num(v))}&#8201;s</b></span>"
             for k, v in steps.items()
@@ -537,8 +617,8 @@ def _key_figures(summary: Mapping[str, Any]) -> str:
                 + " \u00b7 ".join(parts)
                 + "</p>"
             )
-    regions = _num(summary.get("regions"))
-    features = _num(summary.get("features"))
+    regions = _num(summary.regions)
+    features = _num(summary.features)
     items = [
         ("Regions", f"{regions:,.0f}" if regions is not None else "\u2014"),
         ("Pixels decoded per tissue pixel", ppt_text),
@@ -547,29 +627,33 @@ def _key_figures(summary: Mapping[str, Any]) -> str:
         ("Wall time", f"{_fmt(secs)} s" if secs is not None else "\u2014"),
         ("Annotations (GeoJSON)", f"{features:,.0f}" if features is not None else "\u2014"),
     ]
+    roi = summary.roi
+    if roi is not None:
+        area = _num(roi.area_mm2)
+        items.append(("Region of interest", f"{_fmt(area)} mm²" if area is not None else "yes"))
     body = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in items)
     return f'<div><h3>Key figures</h3><dl class="figures">{body}</dl>{phases}</div>'
 
 
 def _slide_section(
     index: int,
-    slide: Mapping[str, Any],
+    slide: SlideView,
+    summary: SummaryView | None,
     anchor: str,
     background: str | None,
     colours: Mapping[str, str],
 ) -> str:
     """One slide's ``<section>``: name, status, warnings, images, tables."""
-    path = str(slide.get("slide", ""))
+    path = slide.slide
     name = _slide_name(path)
-    status = str(slide.get("status", ""))
-    message = str(slide.get("message") or "")
-    summary = _summary(slide)
-    out_raw = slide.get("out")
-    out = Path(str(out_raw)) if out_raw else None
+    status = slide.status
+    message = slide.message
+    out = Path(slide.out) if slide.out else None
     alerts = []
-    if status == "failed":
+    if status in ("failed", "refused"):
+        label = "Failed." if status == "failed" else "Refused."
         alerts.append(
-            '<div class="alert error"><strong>Failed.</strong>'
+            f'<div class="alert error"><strong>{label}</strong>'
             f"<pre>{_e(message or 'no message')}</pre></div>"
         )
     elif status == "no tissue":
@@ -587,8 +671,8 @@ def _slide_section(
         )
     elif status != "done":
         alerts.append(f'<div class="alert warn"><strong>{_e(status)}</strong>{_e(message)}</div>')
-    if summary.get("mpp_source") == "override":
-        mpp = _num(summary.get("slide_mpp"))
+    if summary is not None and summary.mpp_source == "override":
+        mpp = _num(summary.slide_mpp) or None
         alerts.append(
             '<div class="alert warn"><strong>Pixel size given by hand.</strong>'
             + (f"{_fmt(mpp)} µm/px" if mpp is not None else "The pixel size")
@@ -598,10 +682,13 @@ def _slide_section(
     body = ""
     if status in ("done", "skipped"):
         body = (
-            _images(out, name, summary.get("sampler"))
+            _images(out, name, summary.sampler if summary is not None else None)
             + '<div class="details">'
-            + _class_table(summary, background, colours)
-            + _key_figures(summary)
+            + (
+                _class_table(summary, background, colours) + _key_figures(summary)
+                if summary is not None
+                else '<div><p class="sub">No summary.json for this slide.</p></div>'
+            )
             + "</div>"
         )
     where = f" \u2192 {_e(out)}" if out is not None else ""
@@ -613,28 +700,26 @@ def _slide_section(
     )
 
 
-def render_report(run: Mapping[str, Any], slides: Sequence[Mapping[str, Any]]) -> str:
+def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
     """Build the report's HTML text (see :func:`write_report`)."""
     colours, background = _class_colours(run)
-    model_cfg = run.get("model_config")
+    classes = run.model_config.get("classes")
     class_names: list[str] = []
-    if isinstance(model_cfg, Mapping) and isinstance(model_cfg.get("classes"), Sequence):
+    if isinstance(classes, Sequence) and not isinstance(classes, str):
         class_names = [
             str(c["name"])
-            for i, c in enumerate(model_cfg["classes"])
+            for i, c in enumerate(classes)
             if i > 0 and isinstance(c, Mapping) and "name" in c
         ]
     if not class_names:  # no model config: the classes seen in the summaries
-        for s in slides:
-            for c in _tissue_classes(_summary(s), background):
+        for _, summary in slides:
+            for c in _tissue_classes(summary, background):
                 if c not in class_names:
                     class_names.append(c)
-    anchors = []
-    for i, s in enumerate(slides):
-        anchors.append(_anchor(i, _slide_name(str(s.get("slide", "")))))
+    anchors = [_anchor(i, _slide_name(s.slide)) for i, (s, _) in enumerate(slides)]
     sections = "".join(
-        _slide_section(i, s, a, background, colours)
-        for i, (s, a) in enumerate(zip(slides, anchors, strict=True))
+        _slide_section(i, s, summary, a, background, colours)
+        for i, ((s, summary), a) in enumerate(zip(slides, anchors, strict=True))
     )
     return (
         "<!DOCTYPE html>\n"
@@ -652,22 +737,21 @@ def render_report(run: Mapping[str, Any], slides: Sequence[Mapping[str, Any]]) -
     )
 
 
-def write_report(path: Path, run: Mapping[str, Any], slides: Sequence[Mapping[str, Any]]) -> Path:
+def write_report(path: Path, run: RunView, slides: Sequence[SlideEntry]) -> Path:
     """Write a self-contained HTML report of a segmentation run.
 
     Parameters
     ----------
     path : Path
         The HTML file to write (replaced atomically if it exists).
-    run : Mapping
-        What ``wsiseg segment`` writes to ``run.json`` (``model``, ``model_sha256``,
-        ``model_config``, ``segment_config``, ``cluster``, ``workers``, ...), and
-        optionally ``wall_seconds``.
-    slides : Sequence of Mapping
-        One mapping per slide with ``slide`` (path), ``status`` (``done``,
-        ``skipped``, ``no tissue`` or ``failed``), ``message``, ``out`` (its output
-        folder or None) and ``summary`` (its parsed ``summary.json`` or ``{}``).
-        Images are read from ``out`` (``thumbnail.png``, ``overlay.png``).
+    run : RunView
+        The run's record (``run.json``: model, checksum, configs, cluster, workers,
+        wall time).
+    slides : Sequence of (SlideView, SummaryView or None)
+        Per slide its line of the run (path, status ``done``, ``skipped``, ``no
+        tissue``, ``refused`` or ``failed``, message, output folder) and its
+        summary (None without results). Images are read from the output folder
+        (``thumbnail.png``, ``overlay.png``).
 
     Returns
     -------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 
 import dask.array as da
 import numpy as np
@@ -16,16 +17,37 @@ from PIL import Image
 
 from wsiseg.io.reader import BaseSlideReader, SlideReader, SlideRef
 
-__all__ = ["LevelSource", "level_array", "pyramid", "chunk_shape", "downsampled_level"]
+__all__ = [
+    "LevelSource",
+    "chunk_shape",
+    "downsampled_level",
+    "file_stamp",
+    "level_array",
+    "pyramid",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_PX = 1024
 
 
-@functools.lru_cache(maxsize=8)
+def file_stamp(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """(inode, size, mtime) of a file: a cache key part that changes when the file is replaced."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _cached_reader(ref: SlideRef) -> SlideReader:
-    # One open handle per slide per process; dask tasks on a worker share it.
+    return _cached_open(ref, file_stamp(ref.path))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_open(ref: SlideRef, stamp: tuple[int, int, int]) -> SlideReader:
+    # One open handle per slide per process (dask tasks on a worker share it); a file
+    # replaced under the same name gets a new one.
     return ref.open()
 
 
@@ -64,7 +86,7 @@ def level_array(reader: SlideReader, level: int, chunk_px: int = DEFAULT_CHUNK_P
     w, h = reader.level_dimensions[level]
     src = LevelSource(reader.ref(), level, (h, w))
     ch, cw = chunk_shape(reader, chunk_px)
-    return da.from_array(
+    arr: da.Array = da.from_array(
         src,
         chunks=(min(ch, h), min(cw, w), 3),
         asarray=False,
@@ -73,6 +95,7 @@ def level_array(reader: SlideReader, level: int, chunk_px: int = DEFAULT_CHUNK_P
         meta=np.empty((0, 0, 3), np.uint8),
         name=f"slide-{reader.path.name}-L{level}-{abs(hash(src.ref)) & 0xFFFFFFFF:x}",
     )
+    return arr
 
 
 def pyramid(reader: SlideReader, chunk_px: int = DEFAULT_CHUNK_PX) -> list[da.Array]:

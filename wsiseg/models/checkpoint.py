@@ -119,6 +119,8 @@ def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """
     p = Path(path)
     if p.suffix.lower() in _PICKLE_SUFFIXES:
+        if not p.exists():
+            raise CheckpointError(f"{p}: not found")
         raise _pickle_refusal(p)
     if p.suffix.lower() not in (".safetensors", ".json") and p.is_file():
         # A file without a known suffix: never guess, but say why if it is a pickle.
@@ -271,7 +273,7 @@ def _read_json(json_path: Path, weights_path: Path) -> dict[str, Any]:
             twin = stem.with_name(stem.name + suffix)
             if twin.is_file():
                 raise _pickle_refusal(twin)
-        raise CheckpointError(f"no checkpoint at {stem} (neither .safetensors nor .json exists)")
+        raise CheckpointError(f"{stem}: not found (neither .safetensors nor .json exists)")
     if not json_path.is_file():
         raise CheckpointError(
             f"{json_path}: checkpoint config missing (expected beside {weights_path.name})"

@@ -63,7 +63,10 @@ from wsiseg.errors import InputError, WsisegError
 __all__ = [
     "ClusterConfig",
     "DEFAULT_WAIT_TIMEOUT_S",
+    "WORKER_MEMORY_BYTES",
+    "check_workers",
     "default_workers",
+    "local_worker_cap",
     "load_cluster_config",
     "open_client",
     "slurm_job_script",
@@ -95,6 +98,41 @@ def default_workers() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+#: Memory one local worker process needs (torch, the model, a batch of regions).
+WORKER_MEMORY_BYTES = 1 << 30
+
+
+def local_worker_cap() -> tuple[int, str]:
+    """Most local workers this machine can hold, and why: one per usable core, and
+    no more than the available memory allows at `WORKER_MEMORY_BYTES` each."""
+    import psutil
+
+    cores = default_workers()
+    avail = int(psutil.virtual_memory().available)
+    by_memory = max(1, avail // WORKER_MEMORY_BYTES)
+    cap = min(cores, by_memory)
+    why = f"{cores} usable cores, {avail / (1 << 30):.1f} GiB available at ~1 GiB per worker"
+    return cap, why
+
+
+def check_workers(cluster: str, workers: int | None) -> None:
+    """Refuse a ``--workers`` value the machine cannot hold (local clusters only).
+
+    Raises
+    ------
+    InputError
+        ``workers`` < 1, or above `local_worker_cap` for ``cluster == "local"``.
+    """
+    if workers is None:
+        return
+    if workers < 1:
+        raise InputError(f"--workers {workers}: need at least 1")
+    if cluster == "local":
+        cap, why = local_worker_cap()
+        if workers > cap:
+            raise InputError(f"--workers {workers}: this machine holds at most {cap} ({why})")
 
 
 @dataclass(frozen=True)
@@ -617,7 +655,7 @@ def open_client(cluster: str = "local", workers: int | None = None) -> Iterator[
         with _slurm_client(cfg, workers) as client:
             yield client
     elif cluster == "local":
-        n = workers or default_workers()
+        n = workers or local_worker_cap()[0]
         env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         with (
             LocalCluster(

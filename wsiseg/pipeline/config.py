@@ -34,6 +34,10 @@ class SegmentConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def resolved(self, output_mpp: float) -> SegmentConfig:
+        """This config with the output pixel size a run actually uses filled in."""
+        return dataclasses.replace(self, output_mpp=float(output_mpp))
+
     def output_hash(self) -> str:
         """Hash of the settings that change the outputs (not device or parallelism)."""
         keys = ("output_mpp", "margin_px", "thumb_mpp", "min_area_um2", "batch_regions")

@@ -2,49 +2,67 @@
 
 Per slide ``OUT/<name>/``: ``mask.ome.tif``, ``annotations.geojson``, ``summary.json``,
 ``overlay.png``. Each is written under a temporary name and renamed, and
-``summary.json`` is written last: a slide counts as done only when it exists. A rerun
-skips slides done with the same model and settings, and refuses to replace slides
-done with others unless ``overwrite``.
+``summary.json`` (a `SlideSummary`) is written last: a slide counts as done only when
+it exists. A rerun skips slides done with the same `ResumeIdentity` and refuses to
+replace slides done with other inputs unless ``overwrite``. The batch around this
+(discovery, names, locks, run.json) is `wsiseg.pipeline.batch`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
 from distributed import Client, Future, as_completed
 from distributed.scheduler import KilledWorker
+from shapely.geometry.base import BaseGeometry
 
 from wsiseg import __version__
 from wsiseg.errors import InputError, WsisegError
 from wsiseg.export.geojson import labels_to_features, write_geojson
 from wsiseg.export.ome_tiff import write_label_ome_tiff
 from wsiseg.export.overlay import render_overlay, write_png
+from wsiseg.geometry import polygons_to_mask
 from wsiseg.io import open_slide
 from wsiseg.io.fileops import atomic_path, remove_stale_temporaries
-from wsiseg.io.names import folder_claim, safe_name, slide_checksum
-from wsiseg.io.reader import is_plausible_mpp
+from wsiseg.io.names import folder_claim, safe_name, slide_checksum, slide_fingerprint
+from wsiseg.io.reader import BaseSlideReader, is_plausible_mpp
 from wsiseg.models.checkpoint import read_checkpoint_metadata
 from wsiseg.models.config import ModelConfig
-from wsiseg.models.loading import resolve_model_path
+from wsiseg.models.loading import check_model, resolve_model_path
 from wsiseg.pipeline.cluster import task_resources
 from wsiseg.pipeline.config import SegmentConfig
+from wsiseg.pipeline.outputs import ClassArea, ResumeIdentity, RoiRecord, SlideSummary
 from wsiseg.pipeline.roi import clip_roi_to_slide
 from wsiseg.pipeline.stitch import Stitcher
 from wsiseg.pipeline.worker import BatchResult, predict_batch
 from wsiseg.tiling import RegionPlan, plan_regions
-from wsiseg.tissue import TissueParams, detect_tissue
+from wsiseg.tissue import TissueMask, TissueParams, detect_tissue
 
-__all__ = ["SlideOutcome", "ModelInfo", "model_info", "segment_slide", "safe_name", "OUTPUT_FILES"]
+__all__ = [
+    "OUTPUT_FILES",
+    "ModelInfo",
+    "Refused",
+    "checked_model",
+    "SlideCheck",
+    "SlideOutcome",
+    "model_info",
+    "resolve_output_mpp",
+    "roi_sha256",
+    "safe_name",
+    "segment_slide",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +84,14 @@ class ModelInfo:
     config: ModelConfig
 
 
+def checked_model(model: str | Path) -> ModelInfo:
+    """Verify a model once for a run (files, checksum, config, weight shapes: `check_model`)
+    and return what the driver needs; workers then only load it."""
+    return model_info(check_model(model))
+
+
 def model_info(model: str | Path) -> ModelInfo:
+    """A model's path, checksum and config from its JSON (the weights are not verified)."""
     path = resolve_model_path(model)
     meta = read_checkpoint_metadata(path)
     cfg = ModelConfig.from_dict(meta.config["model"])
@@ -75,24 +100,40 @@ def model_info(model: str | Path) -> ModelInfo:
 
 @dataclass
 class SlideOutcome:
-    """How one slide went."""
+    """How one slide went: ``done``, ``skipped``, ``no tissue``, ``refused`` or ``failed``."""
 
     slide: str
-    status: str  # "done", "skipped", "no tissue", "failed"
+    status: str
     out_dir: Path | None = None
     message: str = ""
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: SlideSummary | None = None
 
 
-def _done_summary(out_dir: Path) -> dict[str, Any] | None:
+class Refused(InputError):
+    """A slide's folder holds results of other inputs, or another slide's files."""
+
+
+#: Called with the opened slide before any region runs; raises to refuse the slide.
+SlideCheck = Callable[[BaseSlideReader], None]
+
+
+def _done_summary(out_dir: Path) -> SlideSummary | None:
     path = out_dir / "summary.json"
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return data if isinstance(data, dict) else None
+    return SlideSummary.from_json(data) if isinstance(data, dict) else None
+
+
+def _summary_state(out_dir: Path) -> bytes | None:
+    """The bytes of ``summary.json`` (None if missing), to notice a change by another run."""
+    try:
+        return (out_dir / "summary.json").read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _versions() -> dict[str, str]:
@@ -114,6 +155,40 @@ def _batches(plan: RegionPlan, size: int) -> list[list[Any]]:
     return [regs[i : i + size] for i in range(0, len(regs), size)]
 
 
+def resolve_output_mpp(model: ModelInfo, config: SegmentConfig) -> float:
+    """The output pixel size a run uses: ``config.output_mpp`` or 4x the model's."""
+    return config.output_mpp or model.config.task_mpp * 4
+
+
+def roi_sha256(roi: BaseGeometry) -> str:
+    """Content hash of an ROI geometry (normalised WKB: the file's formatting is ignored)."""
+    return hashlib.sha256(shapely.to_wkb(shapely.normalize(roi))).hexdigest()
+
+
+def _roi_record(roi: BaseGeometry | None, mpp: float) -> RoiRecord | None:
+    if roi is None:
+        return None
+    x0, y0, x1, y1 = (round(float(v), 3) for v in roi.bounds)
+    area = float(roi.area)
+    return RoiRecord(
+        roi_sha256(roi), (x0, y0, x1, y1), round(area, 3), round(area * (mpp / 1000) ** 2, 6)
+    )
+
+
+def _first_line(message: str, slide: Path) -> str:
+    """The first line of an error message; line breaks in the slide's own name are kept
+    (the CLI prints them escaped)."""
+    if not message:
+        return "unknown error"
+    marks = {str(slide): "\0p\0", slide.name: "\0n\0"}
+    for text, mark in marks.items():
+        message = message.replace(text, mark)
+    message = message.splitlines()[0]
+    for text, mark in marks.items():
+        message = message.replace(mark, text)
+    return message
+
+
 def segment_slide(
     slide: Path,
     out_root: Path,
@@ -123,43 +198,60 @@ def segment_slide(
     *,
     backend: str = "auto",
     mpp: float | None = None,
-    roi: Any = None,
+    roi: BaseGeometry | None = None,
     overwrite: bool = False,
     on_region: Callable[[int, int], None] | None = None,
     name: str | None = None,
+    check: SlideCheck | None = None,
 ) -> SlideOutcome:
     """Segment one slide into ``out_root/<name>/``; errors become a failed outcome.
 
     ``name`` defaults to the slide's `safe_name`; a folder holding another slide's
-    results or other files is never written into, even with ``overwrite``.
+    results or other files is never written into, even with ``overwrite``. Results
+    with the same `ResumeIdentity` are skipped; results of other inputs are refused
+    (``refused``) unless ``overwrite``. ``check`` is called with the opened slide
+    before its regions run (admission checks); its `WsisegError` fails the slide.
+    The caller serialises runs on one folder (`wsiseg.pipeline.batch` locks it).
     """
     t_start = time.perf_counter()
     name = name or safe_name(slide)
     out_dir = out_root / name
     try:
         if folder_claim(out_dir, slide, OUTPUT_FILES) == "other":
-            raise InputError(f"{out_dir} holds another slide's results or other files")
+            raise Refused(f"{out_dir} holds another slide's results or other files")
         cfg = model.config
-        output_mpp = config.output_mpp or cfg.task_mpp * 4
-        settings = {
-            "model_sha256": model.sha256,
-            "settings_hash": config.output_hash(),
-            "output_mpp": output_mpp,
-        }
-        done = _done_summary(out_dir)
-        if done is not None:
-            same = all(done.get(k) == v for k, v in settings.items())
-            if same and not overwrite:
-                return SlideOutcome(str(slide), "skipped", out_dir, "already done", done)
-            if not same and not overwrite:
-                raise InputError(
-                    f"{out_dir} holds results of another model or settings (use --overwrite)"
-                )
+        output_mpp = resolve_output_mpp(model, config)
         with open_slide(slide, backend=backend, mpp=mpp) as reader:
             mpp0 = reader.mpp[0]
             mpp_source = "metadata" if is_plausible_mpp(reader.mpp_reported[0]) else "override"
             if roi is not None:  # only its part on the slide; none is an error
                 roi = clip_roi_to_slide(roi, reader.level_dimensions[0])
+            identity = ResumeIdentity(
+                model_sha256=model.sha256,
+                slide_fingerprint=slide_fingerprint(slide),
+                slide_mpp=float(mpp0),
+                output_mpp=float(output_mpp),
+                roi_sha256=roi_sha256(roi) if roi is not None else None,
+                backend=reader.backend,
+                settings_hash=config.resolved(output_mpp).output_hash(),
+            )
+            seen = _summary_state(out_dir)
+            done = _done_summary(out_dir)
+            if done is not None:
+                diffs = (
+                    done.identity.differences(identity)
+                    if done.identity is not None
+                    else ["written by an older wsiseg without a resume identity"]
+                )
+                if not diffs and not overwrite:
+                    return SlideOutcome(str(slide), "skipped", out_dir, "already done", done)
+                if diffs and not overwrite:
+                    raise Refused(
+                        f"{out_dir} holds results of other inputs ({'; '.join(diffs)}); "
+                        "use --overwrite to replace them"
+                    )
+            if check is not None:
+                check(reader)
             ref = reader.ref()
             tissue = detect_tissue(reader, TissueParams(thumb_mpp=config.thumb_mpp))
             thumb = reader.thumbnail(config.thumb_mpp)
@@ -184,6 +276,9 @@ def segment_slide(
         work = out_dir / f".work-{uuid.uuid4().hex[:8]}"
         try:
             result = _run_regions(ref, model, config, plan, client, work, on_region)
+            # Right before the first final rename: nobody else finished this slide meanwhile.
+            if _summary_state(out_dir) != seen:
+                raise Refused(f"{out_dir}: another run wrote results meanwhile; not replaced")
             # Replacing results (--overwrite): the slide stops counting as done before its
             # first output is replaced, so a kill part-way never leaves a mix marked done.
             if overwrite and (out_dir / "summary.json").exists():
@@ -191,7 +286,6 @@ def segment_slide(
             summary = _write_outputs(
                 slide,
                 out_dir,
-                work,
                 model,
                 config,
                 plan,
@@ -199,21 +293,24 @@ def segment_slide(
                 thumb,
                 result,
                 slide_id,
-                settings,
-                overwrite,
+                identity,
+                roi,
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        summary["wall_seconds"] = round(time.perf_counter() - t_start, 3)
-        summary["mpp_source"] = mpp_source
+        summary = replace(
+            summary,
+            wall_seconds=round(time.perf_counter() - t_start, 3),
+            mpp_source=mpp_source,
+        )
         with atomic_path(out_dir / "summary.json", overwrite=True) as tmp:
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            tmp.write_text(json.dumps(summary.to_json(), indent=2) + "\n")
         return SlideOutcome(str(slide), "done", out_dir, "", summary)
+    except Refused as exc:
+        return SlideOutcome(str(slide), "refused", None, str(exc))
     except (WsisegError, OSError, ValueError) as exc:
         log.debug("%s failed", slide, exc_info=True)  # the caller reports it
-        return SlideOutcome(
-            str(slide), "failed", None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        )
+        return SlideOutcome(str(slide), "failed", None, _first_line(str(exc), slide))
 
 
 @dataclass
@@ -312,26 +409,35 @@ def _result(fut: Future) -> BatchResult:
 def _write_outputs(
     slide: Path,
     out_dir: Path,
-    work: Path,
     model: ModelInfo,
     config: SegmentConfig,
     plan: RegionPlan,
-    tissue: Any,
+    tissue: TissueMask,
     thumb: np.ndarray,
     result: _RunResult,
     slide_id: str,
-    settings: dict[str, Any],
-    overwrite: bool,
-) -> dict[str, Any]:
+    identity: ResumeIdentity,
+    roi: BaseGeometry | None,
+) -> SlideSummary:
+    """Write mask, GeoJSON and images; return the summary (written last, by the caller).
+
+    With an ROI, labels outside it are background, features are cut to it, and class
+    and tissue areas count only what lies inside it.
+    """
     cfg = model.config
     t0 = time.perf_counter()
     out_mpp = plan.output_mpp
     names, colours = list(cfg.class_names), [c[1] for c in cfg.classes]
+    downsample = out_mpp / plan.mpp
+    labels = np.asarray(result.labels[:])
+    inside: np.ndarray | None = None
+    if roi is not None:
+        inside = polygons_to_mask(roi, labels.shape, scale=downsample)
+        labels = np.where(inside, labels, 0).astype(labels.dtype)
+        result.labels[:] = labels
     write_label_ome_tiff(
         out_dir / "mask.ome.tif", result.labels, (out_mpp, out_mpp), names, colours, overwrite=True
     )
-    labels = np.asarray(result.labels[:])
-    downsample = out_mpp / plan.mpp
     features = labels_to_features(
         labels,
         downsample=downsample,
@@ -341,6 +447,7 @@ def _write_outputs(
         slide_id=slide_id,
         min_area_um2=config.min_area_um2,
         slide_size=plan.slide_size,
+        clip=roi,
     )
     write_geojson(out_dir / "annotations.geojson", features, overwrite=True)
     # Overlay: labels and density brought to the thumbnail's grid.
@@ -360,51 +467,50 @@ def _write_outputs(
         overwrite=True,
     )
     write_png(out_dir / "thumbnail.png", thumb, overwrite=True)
-    counts = np.bincount(labels.ravel(), minlength=cfg.num_classes)[: cfg.num_classes]
+    counted = labels if inside is None else labels[inside]
+    counts = np.bincount(counted.ravel(), minlength=cfg.num_classes)[: cfg.num_classes]
     px_mm2 = (out_mpp / 1000.0) ** 2
     tissue_px = int(counts[1:].sum())
-    level0_tissue = float(tissue.area_level0_px)
+    level0_tissue = tissue.area_level0_px
+    if roi is not None:
+        in_roi = polygons_to_mask(roi, tissue.mask.shape, scale=tissue.downsample)
+        level0_tissue = float((tissue.mask & in_roi).sum()) * tissue.downsample**2
     classes = {
-        n: {
-            "area_mm2": round(float(c) * px_mm2, 6),
-            "fraction_of_tissue": round(float(c) / tissue_px, 6) if tissue_px and i > 0 else None,
-        }
+        n: ClassArea(
+            area_mm2=round(float(c) * px_mm2, 6),
+            fraction_of_tissue=round(float(c) / tissue_px, 6) if tissue_px and i > 0 else None,
+        )
         for i, (n, c) in enumerate(zip(names, counts, strict=True))
     }
-    return {
-        "slide": str(slide),
-        "slide_id": slide_id,
-        **settings,
-        "model": str(model.path),
-        "sampler": cfg.sampler,
-        "task_mpp": cfg.task_mpp,
-        "slide_mpp": plan.mpp,
-        "output_size": list(plan.output_size),
-        "regions": len(plan.regions),
-        "classes": classes,
-        "tissue_area_mm2": round(tissue_px * px_mm2, 6),
-        "detected_tissue_area_mm2": round(level0_tissue * (plan.mpp / 1000.0) ** 2, 6),
-        "pixels_decoded": int(result.pixels_decoded),
-        "pixels_decoded_per_tissue_pixel": round(result.pixels_decoded / level0_tissue, 6)
+    w, h = plan.output_size
+    return SlideSummary(
+        slide=str(slide),
+        slide_id=slide_id,
+        model=str(model.path),
+        model_sha256=model.sha256,
+        settings_hash=identity.settings_hash,
+        output_mpp=out_mpp,
+        sampler=cfg.sampler,
+        task_mpp=cfg.task_mpp,
+        slide_mpp=plan.mpp,
+        mpp_source="",
+        output_size=(w, h),
+        regions=len(plan.regions),
+        classes=classes,
+        tissue_area_mm2=round(tissue_px * px_mm2, 6),
+        detected_tissue_area_mm2=round(level0_tissue * (plan.mpp / 1000.0) ** 2, 6),
+        pixels_decoded=int(result.pixels_decoded),
+        pixels_decoded_per_tissue_pixel=round(result.pixels_decoded / level0_tissue, 6)
         if level0_tissue
         else None,
-        "seconds": {
+        features=len(features),
+        seconds={
             **{k: round(v, 3) for k, v in result.seconds.items()},
             "write": round(time.perf_counter() - t0, 3),
         },
-        "features": len(features),
-        "config": config.to_dict(),
-        "versions": _versions(),
-    }
-
-
-def segment_slides(
-    slides: Sequence[Path],
-    out_root: Path,
-    model: ModelInfo,
-    config: SegmentConfig,
-    client: Client,
-    **kwargs: Any,
-) -> list[SlideOutcome]:
-    """Segment every slide, going on past failures."""
-    return [segment_slide(s, out_root, model, config, client, **kwargs) for s in slides]
+        backend=identity.backend,
+        roi=_roi_record(roi, plan.mpp),
+        identity=identity,
+        config=config.to_dict(),
+        versions=_versions(),
+    )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from wsiseg.io.pyramid import file_stamp
 from wsiseg.io.reader import SlideRef
 from wsiseg.models.deformseg import DeformSeg
 from wsiseg.models.loading import load_model
@@ -41,15 +42,27 @@ class BatchResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=2)
 def cached_model(model_path: str, device: str, threads: int) -> DeformSeg:
+    """The model of ``model_path``, loaded once per process (and again if the file changed)."""
+    return _cached_model(model_path, device, threads, file_stamp(model_path))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(
+    model_path: str, device: str, threads: int, stamp: tuple[int, int, int]
+) -> DeformSeg:
     if threads > 0:
         torch.set_num_threads(threads)
     return load_model(model_path, device=device)
 
 
-@functools.lru_cache(maxsize=4)
 def cached_reader(ref: SlideRef):  # type: ignore[no-untyped-def]
+    """The opened slide of ``ref``, kept per process (reopened if the file changed)."""
+    return _cached_reader(ref, file_stamp(ref.path))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_reader(ref: SlideRef, stamp: tuple[int, int, int]):  # type: ignore[no-untyped-def]
     return ref.open()
 
 

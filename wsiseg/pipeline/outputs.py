@@ -1,0 +1,382 @@
+"""The output contract of `wsiseg segment`: typed ``summary.json`` and ``run.json`` records.
+
+Each record is a frozen dataclass with ``to_json()`` (a JSON-ready dict, field names as
+in the files) and ``from_json()`` (tolerant: files of older versions read with defaults
+for what they lack). ``SCHEMA_VERSION`` is written into both files.
+
+`ResumeIdentity` is everything that changes a slide's results: the model checksum, the
+*resolved* settings (pixel size actually used, output pixel size, ROI content hash,
+backend actually used, hash of the output-changing segment settings) and the slide's
+content identity (`wsiseg.io.names.slide_fingerprint`). A rerun skips a slide whose
+recorded identity equals the new one and refuses (or, with ``--overwrite``, redoes)
+one whose identity differs; `ResumeIdentity.differences` names what differs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "ClassArea",
+    "ResumeIdentity",
+    "RoiRecord",
+    "RunRecord",
+    "SlideRecord",
+    "SlideSummary",
+    "merge_slide_records",
+]
+
+#: Version of the summary.json / run.json layout (1: first typed version).
+SCHEMA_VERSION = 1
+
+#: Statuses of a slide in a run: done now, done earlier (same identity), no tissue,
+#: refused (results of other inputs, or held by another run) and failed.
+STATUSES = ("done", "skipped", "no tissue", "refused", "failed")
+
+
+def _num(value: object, default: float | None = None) -> float | None:
+    """A finite float from a JSON value (bools and non-numbers give ``default``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    f = float(value)
+    return f if math.isfinite(f) else default
+
+
+def _int(value: object, default: int = 0) -> int:
+    f = _num(value)
+    return int(f) if f is not None else default
+
+
+def _str(value: object, default: str = "") -> str:
+    return value if isinstance(value, str) else default
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _floats(value: object) -> dict[str, float]:
+    return {str(k): f for k, v in _mapping(value).items() if (f := _num(v)) is not None}
+
+
+@dataclass(frozen=True)
+class ClassArea:
+    """Area of one class inside the segmented area, and its share of the tissue."""
+
+    area_mm2: float
+    fraction_of_tissue: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"area_mm2": self.area_mm2, "fraction_of_tissue": self.fraction_of_tissue}
+
+    @classmethod
+    def from_json(cls, data: object) -> ClassArea:
+        d = _mapping(data)
+        return cls(_num(d.get("area_mm2"), 0.0) or 0.0, _num(d.get("fraction_of_tissue")))
+
+
+@dataclass(frozen=True)
+class RoiRecord:
+    """The ``--roi`` a slide was segmented within (level-0 pixels)."""
+
+    sha256: str
+    bounds: tuple[float, float, float, float]
+    area_px: float
+    area_mm2: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256,
+            "bounds": list(self.bounds),
+            "area_px": self.area_px,
+            "area_mm2": self.area_mm2,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> RoiRecord | None:
+        d = _mapping(data)
+        if not d:
+            return None
+        raw = d.get("bounds")
+        b = [_num(v, 0.0) or 0.0 for v in raw] if isinstance(raw, list) else []
+        bounds = (b[0], b[1], b[2], b[3]) if len(b) == 4 else (0.0, 0.0, 0.0, 0.0)
+        return cls(
+            _str(d.get("sha256")),
+            bounds,
+            _num(d.get("area_px"), 0.0) or 0.0,
+            _num(d.get("area_mm2")),
+        )
+
+
+# Field -> how a difference is named in the refusal line.
+_IDENTITY_LABELS = {
+    "model_sha256": "model (checksum)",
+    "slide_fingerprint": "slide file content",
+    "slide_mpp": "--mpp (slide pixel size used)",
+    "output_mpp": "--output-mpp",
+    "roi_sha256": "--roi",
+    "backend": "backend used",
+    "settings_hash": "segment settings",
+}
+
+
+@dataclass(frozen=True)
+class ResumeIdentity:
+    """What a slide's results depend on (see the module notes)."""
+
+    model_sha256: str
+    slide_fingerprint: str
+    slide_mpp: float
+    output_mpp: float
+    roi_sha256: str | None
+    backend: str
+    settings_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: object) -> ResumeIdentity | None:
+        d = _mapping(data)
+        if not d or not isinstance(d.get("slide_fingerprint"), str):
+            return None
+        return cls(
+            model_sha256=_str(d.get("model_sha256")),
+            slide_fingerprint=_str(d.get("slide_fingerprint")),
+            slide_mpp=_num(d.get("slide_mpp"), 0.0) or 0.0,
+            output_mpp=_num(d.get("output_mpp"), 0.0) or 0.0,
+            roi_sha256=_opt_str(d.get("roi_sha256")),
+            backend=_str(d.get("backend")),
+            settings_hash=_str(d.get("settings_hash")),
+        )
+
+    def differences(self, new: ResumeIdentity) -> list[str]:
+        """One phrase per differing field, recorded value first (``--mpp ...: 0.5 vs 0.25``)."""
+        out = []
+        for f in fields(self):
+            old, now = getattr(self, f.name), getattr(new, f.name)
+            if old == now:
+                continue
+            label = _IDENTITY_LABELS.get(f.name, f.name)
+            if isinstance(old, float) and isinstance(now, float):
+                out.append(f"{label} differs: {old:g} vs {now:g}")
+            elif f.name == "backend":
+                out.append(f"{label} differs: {old} vs {now}")
+            else:  # hashes: the first 12 digits, "none" for no ROI
+                a, b = (str(v)[:12] if v else "none" for v in (old, now))
+                out.append(f"{label} differs: {a} vs {b}")
+        return out
+
+
+@dataclass(frozen=True)
+class SlideSummary:
+    """``OUT/<name>/summary.json``: what one slide's results are and where they came from."""
+
+    slide: str
+    slide_id: str
+    model: str
+    model_sha256: str
+    settings_hash: str
+    output_mpp: float
+    sampler: str
+    task_mpp: float
+    slide_mpp: float
+    mpp_source: str
+    output_size: tuple[int, int]
+    regions: int
+    classes: dict[str, ClassArea]
+    tissue_area_mm2: float
+    detected_tissue_area_mm2: float
+    pixels_decoded: int
+    pixels_decoded_per_tissue_pixel: float | None
+    features: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float | None = None
+    backend: str = ""
+    roi: RoiRecord | None = None
+    identity: ResumeIdentity | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "slide": self.slide,
+            "slide_id": self.slide_id,
+            "model_sha256": self.model_sha256,
+            "settings_hash": self.settings_hash,
+            "output_mpp": self.output_mpp,
+            "model": self.model,
+            "sampler": self.sampler,
+            "task_mpp": self.task_mpp,
+            "slide_mpp": self.slide_mpp,
+            "mpp_source": self.mpp_source,
+            "backend": self.backend,
+            "output_size": list(self.output_size),
+            "regions": self.regions,
+            "classes": {k: v.to_json() for k, v in self.classes.items()},
+            "tissue_area_mm2": self.tissue_area_mm2,
+            "detected_tissue_area_mm2": self.detected_tissue_area_mm2,
+            "pixels_decoded": self.pixels_decoded,
+            "pixels_decoded_per_tissue_pixel": self.pixels_decoded_per_tissue_pixel,
+            "seconds": dict(self.seconds),
+            "wall_seconds": self.wall_seconds,
+            "features": self.features,
+            "roi": self.roi.to_json() if self.roi else None,
+            "identity": self.identity.to_json() if self.identity else None,
+            "config": dict(self.config),
+            "versions": dict(self.versions),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> SlideSummary:
+        """Read a summary; missing or malformed fields get neutral defaults."""
+        d = _mapping(data)
+        size = d.get("output_size")
+        sz = [_int(v) for v in size] if isinstance(size, list) else []
+        return cls(
+            slide=_str(d.get("slide")),
+            slide_id=_str(d.get("slide_id")),
+            model=_str(d.get("model")),
+            model_sha256=_str(d.get("model_sha256")),
+            settings_hash=_str(d.get("settings_hash")),
+            output_mpp=_num(d.get("output_mpp"), 0.0) or 0.0,
+            sampler=_str(d.get("sampler")),
+            task_mpp=_num(d.get("task_mpp"), 0.0) or 0.0,
+            slide_mpp=_num(d.get("slide_mpp"), 0.0) or 0.0,
+            mpp_source=_str(d.get("mpp_source")),
+            output_size=(sz[0], sz[1]) if len(sz) == 2 else (0, 0),
+            regions=_int(d.get("regions")),
+            classes={str(k): ClassArea.from_json(v) for k, v in _mapping(d.get("classes")).items()},
+            tissue_area_mm2=_num(d.get("tissue_area_mm2"), 0.0) or 0.0,
+            detected_tissue_area_mm2=_num(d.get("detected_tissue_area_mm2"), 0.0) or 0.0,
+            pixels_decoded=_int(d.get("pixels_decoded")),
+            pixels_decoded_per_tissue_pixel=_num(d.get("pixels_decoded_per_tissue_pixel")),
+            features=_int(d.get("features")),
+            seconds=_floats(d.get("seconds")),
+            wall_seconds=_num(d.get("wall_seconds")),
+            backend=_str(d.get("backend")),
+            roi=RoiRecord.from_json(d.get("roi")),
+            identity=ResumeIdentity.from_json(d.get("identity")),
+            config=_mapping(d.get("config")),
+            versions={str(k): str(v) for k, v in _mapping(d.get("versions")).items()},
+            schema_version=_int(d.get("schema_version"), 0),
+        )
+
+    def with_timing(self, wall_seconds: float) -> SlideSummary:
+        return replace(self, wall_seconds=wall_seconds)
+
+
+@dataclass(frozen=True)
+class SlideRecord:
+    """One slide's line in ``run.json``: its status and where its results are."""
+
+    slide: str
+    status: str
+    message: str = ""
+    out: str | None = None
+    name: str | None = None  # output folder name (the merge key of run.json)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slide": self.slide,
+            "name": self.name,
+            "status": self.status,
+            "message": self.message,
+            "out": self.out,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> SlideRecord:
+        d = _mapping(data)
+        return cls(
+            slide=_str(d.get("slide")),
+            status=_str(d.get("status"), "unknown"),
+            message=_str(d.get("message")),
+            out=_opt_str(d.get("out")),
+            name=_opt_str(d.get("name")),
+        )
+
+    @property
+    def key(self) -> str:
+        return self.name or self.slide
+
+
+def merge_slide_records(old: list[SlideRecord], new: list[SlideRecord]) -> list[SlideRecord]:
+    """``old`` updated by ``new``, keyed by output name, in first-seen order.
+
+    A newer record replaces an older one, except that a refusal never replaces a slide
+    that is done (the results are still there and still those of the older record).
+    """
+    merged: dict[str, SlideRecord] = {r.key: r for r in old}
+    for rec in new:
+        prev = merged.get(rec.key)
+        if prev is not None and rec.status == "refused" and prev.status in ("done", "skipped"):
+            continue
+        merged[rec.key] = rec
+    return list(merged.values())
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """``OUT/run.json`` (and ``run-shard-i-of-N.json``): a run's settings and slides."""
+
+    model: str
+    model_sha256: str
+    model_config: dict[str, Any]
+    segment_config: dict[str, Any]
+    cluster: str
+    workers: int | None
+    slides: tuple[SlideRecord, ...] = ()
+    wall_seconds: float | None = None
+    output_mpp: float | None = None  # resolved
+    shard: tuple[int, int] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "model_config": dict(self.model_config),
+            "segment_config": dict(self.segment_config),
+            "output_mpp": self.output_mpp,
+            "cluster": self.cluster,
+            "workers": self.workers,
+            "shard": list(self.shard) if self.shard else None,
+            "slides": [s.to_json() for s in self.slides],
+            "wall_seconds": self.wall_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> RunRecord:
+        d = _mapping(data)
+        shard = d.get("shard")
+        sh = [_int(v) for v in shard] if isinstance(shard, list) else []
+        workers = d.get("workers")
+        slides = d.get("slides")
+        return cls(
+            model=_str(d.get("model")),
+            model_sha256=_str(d.get("model_sha256")),
+            model_config=_mapping(d.get("model_config")),
+            segment_config=_mapping(d.get("segment_config")),
+            cluster=_str(d.get("cluster"), "local"),
+            workers=_int(workers) if _num(workers) is not None else None,
+            slides=tuple(SlideRecord.from_json(s) for s in slides)
+            if isinstance(slides, list)
+            else (),
+            wall_seconds=_num(d.get("wall_seconds")),
+            output_mpp=_num(d.get("output_mpp")),
+            shard=(sh[0], sh[1]) if len(sh) == 2 else None,
+            schema_version=_int(d.get("schema_version"), 0),
+        )
