@@ -41,7 +41,8 @@ _MAX_PIXELS = 20000  # per image, taken on a regular stride
 
 def rgb_to_od(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB [..., 3] -> float32 optical density (0 for white)."""
-    return (-np.log((rgb.astype(np.float32) + 1.0) / 256.0)).astype(np.float32)
+    od: np.ndarray = (-np.log((rgb.astype(np.float32) + 1.0) / 256.0)).astype(np.float32)
+    return od
 
 
 def od_to_rgb(od: np.ndarray) -> np.ndarray:
@@ -81,10 +82,10 @@ class ColourStats:
 def tissue_od(rgb: np.ndarray, max_pixels: int = _MAX_PIXELS) -> np.ndarray:
     """OD [N, 3] of up to ``max_pixels`` tissue pixels of one RGB image (regular stride)."""
     od = rgb_to_od(np.asarray(rgb)[..., :3]).reshape(-1, 3)
-    od = od[od.mean(axis=1) > TISSUE_OD]
-    if len(od) > max_pixels:
-        od = od[:: int(np.ceil(len(od) / max_pixels))]
-    return od
+    tissue: np.ndarray = od[od.mean(axis=1) > TISSUE_OD]
+    if len(tissue) > max_pixels:
+        tissue = tissue[:: int(np.ceil(len(tissue) / max_pixels))]
+    return tissue
 
 
 def colour_stats(images: Iterable[np.ndarray]) -> ColourStats | None:

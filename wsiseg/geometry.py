@@ -269,11 +269,12 @@ def mask_to_polygon_array(
     coords, ring_offsets, polygon_offsets, n = _trace(mask, junctions)
     if n == 0:
         return np.empty(0, dtype=object)
-    return shapely.from_ragged_array(
+    polygons: np.ndarray = shapely.from_ragged_array(
         shapely.GeometryType.POLYGON,
         _scaled(coords, scale, offset),
         (ring_offsets, polygon_offsets),
     )
+    return polygons
 
 
 def mask_to_polygons(

@@ -49,7 +49,8 @@ def viridis(values: np.ndarray) -> np.ndarray:
     lo = np.minimum(pos.astype(np.int64), len(_VIRIDIS_ANCHORS) - 2)
     frac = (pos - lo)[..., None]
     rgb = _VIRIDIS_ANCHORS[lo] * (1 - frac) + _VIRIDIS_ANCHORS[lo + 1] * frac
-    return np.round(rgb).astype(np.uint8)
+    out: np.ndarray = np.round(rgb).astype(np.uint8)
+    return out
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -70,7 +71,10 @@ def _nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return labels
     rows = ((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.int64)
     cols = ((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.int64)
-    return labels[np.minimum(rows, labels.shape[0] - 1)][:, np.minimum(cols, labels.shape[1] - 1)]
+    out: np.ndarray = labels[np.minimum(rows, labels.shape[0] - 1)][
+        :, np.minimum(cols, labels.shape[1] - 1)
+    ]
+    return out
 
 
 def _edges(labels: np.ndarray) -> np.ndarray:
@@ -82,7 +86,8 @@ def _edges(labels: np.ndarray) -> np.ndarray:
     edge[:-1] |= dy
     edge[:, 1:] |= dx
     edge[:, :-1] |= dx
-    return edge & (labels != 0)
+    out: np.ndarray = edge & (labels != 0)
+    return out
 
 
 def _density_panel(density: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

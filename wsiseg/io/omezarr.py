@@ -59,7 +59,7 @@ def multiscales_metadata(
     }
 
 
-def _store_level(group: zarr.Group, index: int, arr: da.Array, chunk_px: int) -> zarr.Array:
+def _store_level(group: zarr.Group, index: int, arr: da.Array, chunk_px: int) -> zarr.Array[Any]:
     chw = arr.transpose(2, 0, 1).rechunk((3, chunk_px, chunk_px))
     z = zarr.create_array(
         store=group.store,
@@ -97,7 +97,7 @@ def write_omezarr(
         root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
         w0, h0 = reader.level_dimensions[0]
         downsamples: list[tuple[float, float]] = []
-        last: zarr.Array | None = None
+        last: zarr.Array[Any] | None = None
         for level in range(reader.level_count):
             w, h = reader.level_dimensions[level]
             log.info("%s: level %d (%dx%d)", reader.path.name, level, w, h)

@@ -197,10 +197,10 @@ def _blur(level: Tensor, sigma: float) -> Tensor:
     for i in range(1, len(taps)):
         acc.add_(x[..., :, i : i + w], alpha=taps[i])
     x = F.pad(acc, (0, 0, radius, radius), mode="replicate")
-    acc = x[..., 0:h, :] * taps[0]
+    out: Tensor = x[..., 0:h, :] * taps[0]
     for i in range(1, len(taps)):
-        acc.add_(x[..., i : i + h, :], alpha=taps[i])
-    return acc
+        out.add_(x[..., i : i + h, :], alpha=taps[i])
+    return out
 
 
 def _read(level: Tensor, xl: Tensor, yl: Tensor) -> Tensor:

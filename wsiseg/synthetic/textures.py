@@ -37,7 +37,8 @@ def _make_lut() -> npt.NDArray[np.uint32]:
     od = _OD_BG + hq[:, None, None] * _OD_H + eq[None, :, None] * _OD_E
     rgb = np.clip(np.rint(255.0 * np.exp(-od)), 0, 255).astype(np.uint32)
     packed = rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
-    return packed.reshape(-1).astype("<u4")
+    lut: npt.NDArray[np.uint32] = packed.reshape(-1).astype("<u4")
+    return lut
 
 
 _GRAIN_SHIFT = (137, 211)  # (y, x) offset of the second grain channel
@@ -50,7 +51,7 @@ def _compose(Hf: F32, Ef: F32, g1: F32, g2: F32, lut: npt.NDArray[np.uint32]) ->
     hq = np.clip(Hf * np.float32(255.0 / _H_MAX) + np.float32(0.5), 0, 255).astype(np.int32)
     eq = np.clip(Ef * np.float32(255.0 / _E_MAX) + np.float32(0.5), 0, 255).astype(np.int32)
     h, w = Hf.shape
-    rgba = lut.take(hq * 256 + eq).view(np.uint8).reshape(h, w, 4)
+    rgba: U8 = lut.take(hq * 256 + eq).view(np.uint8).reshape(h, w, 4)
     return rgba[..., :3]
 
 

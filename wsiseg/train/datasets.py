@@ -106,7 +106,8 @@ def _resize_labels(labels: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     # Nearest neighbour at pixel centres (align_corners=False centres for a box read).
     ys = np.clip(((np.arange(oh) + 0.5) * h / oh).astype(np.int64), 0, h - 1)
     xs = np.clip(((np.arange(ow) + 0.5) * w / ow).astype(np.int64), 0, w - 1)
-    return labels[ys[:, None], xs[None, :]]
+    out: np.ndarray = labels[ys[:, None], xs[None, :]]
+    return out
 
 
 def _resize_image(img: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -152,7 +153,8 @@ class LabelMask:
         full = self.read(0, 0, 0, w0, h0)
         ys = np.minimum(((np.arange(shape[0]) + 0.5) * h0 / shape[0]).astype(int), h0 - 1)
         xs = np.minimum(((np.arange(shape[1]) + 0.5) * w0 / shape[1]).astype(int), w0 - 1)
-        return full[ys[:, None], xs[None, :]]
+        out: np.ndarray = full[ys[:, None], xs[None, :]]
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "level_sizes": self.level_sizes, "_tf": None, "_group": None}

@@ -135,7 +135,7 @@ def _save_train_state(run: Path, opt: torch.optim.Optimizer, meta: dict[str, Any
 
 
 def _load_train_state(run: Path, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    meta = json.loads((run / "train_state.json").read_text())
+    meta: dict[str, Any] = json.loads((run / "train_state.json").read_text())
     flat = load_file(str(run / "train_state.safetensors"))
     sd = opt.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}

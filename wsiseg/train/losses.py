@@ -92,4 +92,4 @@ def gamma_schedule(step: int, total: int, gamma0: float, power: float = 0.9) -> 
     """Edge-loss weight with the poly decay the paper used: gamma0 * (1 - step/total)^power."""
     if total <= 0:
         return gamma0
-    return gamma0 * max(0.0, 1.0 - step / total) ** power
+    return float(gamma0 * max(0.0, 1.0 - step / total) ** power)

@@ -58,7 +58,8 @@ def _mode_filter(labels: np.ndarray, size: int, n_classes: int) -> np.ndarray:
     counts = np.stack(
         [ndimage.uniform_filter((labels == k).astype(np.float32), size) for k in range(n_classes)]
     )
-    return counts.argmax(0).astype(np.uint8)
+    out: np.ndarray = counts.argmax(0).astype(np.uint8)
+    return out
 
 
 def stain_rule_source(name: str, rgb: np.ndarray, mpp: float) -> ArraySource:
