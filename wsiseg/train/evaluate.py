@@ -21,7 +21,13 @@ from wsiseg.train.metrics import (
 )
 from wsiseg.train.regions import grid_boxes, to_tensors
 
-__all__ = ["confusion_per_source", "summarise", "format_markdown"]
+__all__ = [
+    "confusion_per_source",
+    "confusion_per_image",
+    "fitted_boxes",
+    "summarise",
+    "format_markdown",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,66 @@ def confusion_per_source(
             done += len(chunk)
             if on_region is not None:
                 on_region(done, total)
+    return out
+
+
+def fitted_boxes(size: int, side: int) -> list[int]:
+    """Starts of the fewest ``side`` windows that cover ``size`` pixels, spread evenly
+    (overlapping rather than running past the edge; one window when ``side >= size``)."""
+    if side >= size:
+        return [0]
+    n = -(-size // side)
+    return [round(i * (size - side) / (n - 1)) for i in range(n)]
+
+
+@torch.no_grad()
+def confusion_per_image(
+    model: DeformSeg,
+    sources: Sequence[LabeledSource],
+    *,
+    batch_size: int = 2,
+    on_image: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+) -> np.ndarray:
+    """[S, K, K] confusion matrices counting every pixel of each image once.
+
+    Unlike `confusion_per_source` (a grid of regions that touch labelled objects), the
+    whole image is covered by regions fitted to it (`fitted_boxes`: they overlap instead
+    of running past its edge, so no region is mostly padding); class probabilities are
+    averaged where regions overlap. ``on_image(index, prediction, truth)`` receives each
+    image's label maps at full resolution. Deterministic for a given model.
+    """
+    cfg = model.config
+    k = cfg.num_classes
+    out = np.zeros((len(sources), k, k), np.int64)
+    model.eval()
+    dev = model.device
+    for s, src in enumerate(sources):
+        side = max(1, round(cfg.region_px * cfg.task_mpp / src.mpp))
+        w, h = src.size
+        boxes = [(x, y) for y in fitted_boxes(h, side) for x in fitted_boxes(w, side)]
+        acc = np.zeros((k, h, w), np.float32)
+        truth = np.zeros((h, w), np.uint8)
+        for i in range(0, len(boxes), batch_size):
+            chunk = boxes[i : i + batch_size]
+            reads = [src.read(x, y, side, side, (side, side)) for x, y in chunk]
+            x_full, _ = to_tensors(np.stack([r[0] for r in reads]), np.stack([r[1] for r in reads]))
+            x = x_full
+            if side != cfg.region_px:
+                x = F.interpolate(
+                    x_full,
+                    size=(cfg.region_px, cfg.region_px),
+                    mode="area" if side > cfg.region_px else "bilinear",
+                )
+            probs, _ = model.predict(MemorySource(x.to(dev)), (side, side))
+            probs_np = probs.float().cpu().numpy()
+            for (bx, by), p, (_, lab) in zip(chunk, probs_np, reads, strict=True):
+                ph, pw = min(side, h - by), min(side, w - bx)
+                acc[:, by : by + ph, bx : bx + pw] += p[:, :ph, :pw]
+                truth[by : by + ph, bx : bx + pw] = lab[:ph, :pw]
+        pred = acc.argmax(0).astype(np.uint8)
+        out[s] = confusion_matrix(pred, truth, k)
+        if on_image is not None:
+            on_image(s, pred, truth)
     return out
 
 

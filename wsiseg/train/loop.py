@@ -24,6 +24,7 @@ from wsiseg.models.deformseg import DeformSeg, MemorySource
 from wsiseg.models.loading import checkpoint_config, load_model, resolve_device
 from wsiseg.train.augment import augment_real
 from wsiseg.train.datasets import LabeledSource
+from wsiseg.train.evaluate import confusion_per_image
 from wsiseg.train.losses import (
     edge_loss,
     edge_target,
@@ -33,7 +34,7 @@ from wsiseg.train.losses import (
 from wsiseg.train.metrics import confusion_matrix, mean_iou
 from wsiseg.train.regions import RegionDrawer, augment, to_tensors
 
-__all__ = ["TrainConfig", "StepInfo", "train", "training_step", "validate"]
+__all__ = ["TrainConfig", "StepInfo", "train", "training_step", "validate", "read_train_state"]
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,24 @@ class TrainConfig:
     #: "basic": flips and 90° rotations (synthetic slides); "real": also scale, H&E stain
     #: jitter, brightness/contrast and blur (`wsiseg.train.augment`) for real tissue
     augment: str = "basic"
+    #: validate every ``val_every`` steps (0: every ``steps_per_epoch``, at each checkpoint)
+    val_every: int = 0
+    #: stop after this many validations without a better score (0: never; ``steps`` is the cap)
+    patience: int = 0
+    #: validate on every pixel of each validation image (`confusion_per_image`:
+    #: deterministic) instead of ``val_regions`` random regions
+    val_whole: bool = False
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTS:
             raise InputError(f"unknown augment {self.augment!r} (known: {', '.join(AUGMENTS)})")
+        if self.val_every < 0 or self.patience < 0:
+            raise InputError("val_every and patience must be >= 0")
+
+    @property
+    def val_interval(self) -> int:
+        """Steps between validations."""
+        return self.val_every or self.steps_per_epoch
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -134,8 +149,22 @@ def _save_train_state(run: Path, opt: torch.optim.Optimizer, meta: dict[str, Any
         tmp.write_text(json.dumps(meta, indent=2))
 
 
+def read_train_state(run: Path) -> dict[str, Any]:
+    """Progress of a training run in ``run``: ``step`` (last checkpoint), ``best_miou``,
+    ``best_step``, ``stopped_step`` (None until it stopped early or reached ``steps``),
+    ``early_stop`` (it ran out of patience), ``history`` ([step, val mIoU] per validation). Runs written before early stopping
+    existed lack the later keys; they read as None / [] here."""
+    meta: dict[str, Any] = json.loads((Path(run) / "train_state.json").read_text())
+    meta.setdefault("best_step", None)
+    meta.setdefault("stopped_step", None)
+    meta.setdefault("stale", 0)
+    meta.setdefault("early_stop", False)
+    meta.setdefault("history", [])
+    return meta
+
+
 def _load_train_state(run: Path, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    meta: dict[str, Any] = json.loads((run / "train_state.json").read_text())
+    meta = read_train_state(run)
     flat = load_file(str(run / "train_state.safetensors"))
     sd = opt.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -177,7 +206,11 @@ def train(
 ) -> Path:
     """Train a model; checkpoints go to ``out_dir/last`` (every epoch) and ``out_dir/best``.
 
-    Returns the path of the best checkpoint (``.safetensors``).
+    Validation (on ``val_sources``, else the training sources) every
+    ``train_cfg.val_interval`` steps keeps the best checkpoint; with ``patience`` > 0
+    training stops after that many validations without a better score. A resumed run
+    that had stopped trains no further. `read_train_state` gives the best and stopping
+    steps. Returns the path of the best checkpoint (``.safetensors``).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
@@ -193,16 +226,43 @@ def train(
         model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
     )
     drawer = RegionDrawer(train_sources, model_cfg.region_px, model_cfg.task_mpp)
-    val_drawer = RegionDrawer(val_sources or train_sources, model_cfg.region_px, model_cfg.task_mpp)
-    val_images, val_labels = val_drawer.draw(train_cfg.val_regions, np.random.default_rng(12345))
+    val_src = list(val_sources or train_sources)
+    if train_cfg.val_whole:
+
+        def run_validation() -> float:
+            score = mean_iou(confusion_per_image(model, val_src).sum(0))
+            model.train()
+            return score
+
+    else:
+        val_drawer = RegionDrawer(val_src, model_cfg.region_px, model_cfg.task_mpp)
+        val_images, val_labels = val_drawer.draw(
+            train_cfg.val_regions, np.random.default_rng(12345)
+        )
+
+        def run_validation() -> float:
+            return validate(model, val_images, val_labels)[0]
+
     start, best = 0, -1.0
+    progress: dict[str, Any] = {
+        "best_step": None,
+        "stopped_step": None,
+        "early_stop": False,
+        "stale": 0,
+        "history": [],
+    }
     if resume and (out_dir / "train_state.json").exists():
         loaded = load_model(out_dir / "last.safetensors", device=str(dev))
         model.load_state_dict(loaded.state_dict())
         meta = _load_train_state(out_dir, opt)
         start, best = int(meta["step"]), float(meta["best_miou"])
+        progress = {k: meta[k] for k in progress}
         rng = np.random.default_rng([train_cfg.seed, start])
         log.info("resuming %s at step %d (best mIoU %.4f)", out_dir, start, best)
+        if progress["early_stop"]:
+            start = train_cfg.steps  # it ran out of patience: nothing more to train
+        elif start < train_cfg.steps:
+            progress["stopped_step"] = None  # a longer run continues
     (out_dir / "config.json").write_text(
         json.dumps({"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg)}, indent=2)
     )
@@ -218,7 +278,7 @@ def train(
             train_cfg=dataclasses.asdict(train_cfg),
             data=summary,
             step=step,
-            val_miou=miou,
+            val_miou=miou if np.isfinite(miou) else None,  # None: not validated since resume
             **({"colour_stats": colour.to_dict()} if colour is not None else {}),
         )
         save_checkpoint(out_dir / name, model.state_dict(), meta)
@@ -228,6 +288,7 @@ def train(
     use_amp = dev.type == "cuda"
     model.train()
     t0 = time.perf_counter()
+    miou = float("nan")
     for step in range(start, train_cfg.steps):
         if pool_i is None or pool_l is None or (step - start) % train_cfg.refresh_every == 0:
             pool_i, pool_l = drawer.draw(train_cfg.pool_regions, rng)
@@ -247,16 +308,32 @@ def train(
         opt.step()
         info = StepInfo(step + 1, train_cfg.steps, float(loss.detach()), seg, edge)
         last_step = step + 1 == train_cfg.steps
-        if (step + 1) % train_cfg.steps_per_epoch == 0 or last_step:
-            miou, _ = validate(model, val_images, val_labels)
+        stop = False
+        if (step + 1) % train_cfg.val_interval == 0 or last_step:
+            miou = run_validation()
             info.val_miou = miou
-            save("last", step + 1, miou)
+            progress["history"].append([step + 1, miou])
             if miou > best:
-                best = miou
+                best, progress["best_step"], progress["stale"] = miou, step + 1, 0
                 save("best", step + 1, miou)
-            _save_train_state(out_dir, opt, {"step": step + 1, "best_miou": best})
+            else:
+                progress["stale"] += 1
             log.info("step %d: val mIoU %.4f (best %.4f)", step + 1, miou, best)
+            stop = 0 < train_cfg.patience <= progress["stale"]
+            if stop or last_step:
+                progress["stopped_step"], progress["early_stop"] = step + 1, stop
+        if (step + 1) % train_cfg.steps_per_epoch == 0 or last_step or stop:
+            save("last", step + 1, miou)
+            _save_train_state(out_dir, opt, {"step": step + 1, "best_miou": best, **progress})
         if on_step is not None:
             on_step(info)
-    log.info("trained %d steps in %.0f s", train_cfg.steps - start, time.perf_counter() - t0)
+        if stop:
+            log.info(
+                "stopped at step %d: %d validations without improvement (best step %s)",
+                step + 1,
+                progress["stale"],
+                progress["best_step"],
+            )
+            break
+    log.info("trained from step %d in %.0f s", start, time.perf_counter() - t0)
     return out_dir / "best.safetensors"
