@@ -16,7 +16,7 @@ label resolution. Datasets:
 - ``cpm15``: the CPM-15 tiles in SHARED/labeled/cpm15 (20x tiles 0.5 µm/px, 40x tiles
   0.25 µm/px), nuclei vs background;
 - ``stain``: the H&E slides in SHARED/slides, labelled by the deterministic stain rule
-  of `wsiseg.train.stain_rule` (background / eosin / haematoxylin-dense): a sanity
+  of `wsiseg.bench.stain_rule` (background / eosin / haematoxylin-dense): a sanity
   check on real texture, not evidence of the method.
 
 The real images are few (3 GlaS, 2 CPM-15, 2 slides), so each is split by columns:
@@ -35,36 +35,42 @@ everything (tiny images, two budgets, a few steps) to check the machinery in min
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import hashlib
 import json
 import logging
 import os
-import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from wsiseg.bench.budget_curve import BudgetRun, format_budget_markdown, summarise_budget
+from wsiseg.bench.plots import plot_budget
+from wsiseg.bench.runs import (
+    budget_label,
+    claim,
+    file_signature,
+    machine,
+    run_key,
+    time_run_kind,
+    train_identity,
+    write_result,
+)
+from wsiseg.bench.stain_rule import STAIN_CLASSES, stain_rule_labels
 from wsiseg.io import open_slide
 from wsiseg.io.fileops import atomic_path
 from wsiseg.models.config import DEFAULT_CLASSES, ModelConfig
-from wsiseg.models.deformseg import DeformSeg, MemorySource
 from wsiseg.models.loading import load_model
 from wsiseg.synthetic import SynthSpec, write_synthetic_slide
-from wsiseg.train.budget_curve import BudgetRun, format_budget_markdown, summarise_budget
 from wsiseg.train.datasets import ArraySource, LabeledSource, discover_sources
 from wsiseg.train.evaluate import confusion_per_source
-from wsiseg.train.loop import TrainConfig, train, training_step
+from wsiseg.train.loop import TrainConfig, train
 from wsiseg.train.metrics import mean_iou
 from wsiseg.train.regions import grid_boxes
-from wsiseg.train.stain_rule import STAIN_CLASSES, stain_rule_labels
 
 REPO = Path(__file__).resolve().parents[1]
 VERSION = 1  # bump when a change makes earlier results incomparable
@@ -154,10 +160,6 @@ def _split_all(sources: Sequence[ArraySource]) -> tuple[list[LabeledSource], lis
     return [p[0] for p in parts], [p[1] for p in parts]
 
 
-def _file_signature(paths: Sequence[Path]) -> list[list[Any]]:
-    return [[p.name, p.stat().st_size] for p in sorted(paths)]
-
-
 def synthetic_dataset(work: Path, quick: bool) -> Dataset:
     if quick:
         splits = {
@@ -204,7 +206,7 @@ def glas_dataset(shared: Path) -> Dataset:
         task_mpp=0.62,
         region_px=256,
         split=f"{len(sources)} images, each split by columns: left 60% trains, right 40% tests",
-        signature={"files": _file_signature(list(root.iterdir()))},
+        signature={"files": file_signature(list(root.iterdir()))},
     )
 
 
@@ -223,7 +225,7 @@ def cpm15_dataset(shared: Path) -> Dataset:
         task_mpp=0.25,
         region_px=256,
         split=f"{len(sources)} tiles, each split by columns: left 60% trains, right 40% tests",
-        signature={"files": _file_signature([p for p in root.iterdir() if p.suffix == ".png"])},
+        signature={"files": file_signature([p for p in root.iterdir() if p.suffix == ".png"])},
     )
 
 
@@ -246,7 +248,7 @@ def stain_dataset(shared: Path) -> Dataset:
         task_mpp=0.5,
         region_px=256,
         split=f"{len(sources)} slides, each split by columns: left 60% trains, right 40% tests",
-        signature={"files": _file_signature(paths), "rule": "stain_rule_labels defaults"},
+        signature={"files": file_signature(paths), "rule": "stain_rule_labels defaults"},
     )
 
 
@@ -318,25 +320,16 @@ def _run(
     ds: Dataset, sampler: str, budget: float, seed: int, tcfg: TrainConfig, quick: bool
 ) -> Run:
     mcfg = model_config(ds, sampler, budget, quick)
-    train_d = dataclasses.asdict(tcfg)
-    train_d.pop("threads")  # how many threads does not change the result's meaning
-    if train_d.get("augment") == "basic":  # added later; the default keeps earlier hashes
-        train_d.pop("augment")
     ident = {
         "version": VERSION,
         "dataset": ds.name,
         "data": ds.signature,
         "split": ds.split,
         "model": mcfg.to_dict(),
-        "train": train_d,
+        "train": train_identity(tcfg),
         "checkpoint": "last",
     }
-    key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-    return Run(ds.name, sampler, budget, seed, mcfg, tcfg, key)
-
-
-def budget_label(budget: float) -> str:
-    return "full" if budget >= 1 else f"1/{round(1 / budget)}"
+    return Run(ds.name, sampler, budget, seed, mcfg, tcfg, run_key(ident))
 
 
 # -- timing estimate ----------------------------------------------------------------------
@@ -347,30 +340,10 @@ def calibrate(runs: Sequence[Run], datasets: dict[str, Dataset]) -> float:
     batch per distinct configuration, on random data, scaled by steps and regions."""
     cache: dict[tuple[str, str, float], tuple[float, float]] = {}
     total = 0.0
-    rng = np.random.default_rng(0)
     for run in runs:
         ck = (run.dataset, run.sampler, run.budget)
         if ck not in cache:
-            cfg = run.model
-            model = DeformSeg(cfg)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            b, r = run.train.batch_size, cfg.region_px
-            x = torch.rand(b, 3, r, r)
-            y = torch.randint(0, cfg.num_classes, (b, r, r))
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                loss, _, _ = training_step(model, x, y, 1.0, rng)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                times.append(time.perf_counter() - t0)
-            model.eval()
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                model.predict(MemorySource(x[:2]), (r, r))
-            per_region = (time.perf_counter() - t0) / 2
-            cache[ck] = (min(times[1:]), per_region)
+            cache[ck] = time_run_kind(run.model, run.train.batch_size)
         step_s, region_s = cache[ck]
         ds = datasets[run.dataset]
         n_regions = sum(
@@ -436,64 +409,11 @@ def execute(run: Run, ds: Dataset, out: Path, work: Path, device: str) -> dict[s
         "resumed_at_step": done_steps,
         "split": ds.split,
         "model": run.model.to_dict(),
-        "train": dataclasses.asdict(run.train),
+        "train": asdict(run.train),
         "machine": machine(),
     }
-    with atomic_path(out / f"{run.key}.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(record, indent=1))
+    write_result(out, run.key, record)
     return record
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-@contextlib.contextmanager
-def claim(lock: Path) -> Iterator[bool]:
-    """Hold ``lock`` (a file with our pid) while running; False if a live process holds it.
-
-    Lets several benchmark processes share one results folder: each run is trained by
-    one of them. A lock left by a killed process (its pid gone) is taken over.
-    """
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text() or "0")
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _alive(pid):
-                yield False
-                return
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        try:
-            yield True
-        finally:
-            lock.unlink(missing_ok=True)
-        return
-    yield False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -530,61 +450,8 @@ def write_report(out: Path, runs: Sequence[Run], datasets: dict[str, Dataset]) -
     with atomic_path(out / "budget.md", overwrite=True) as tmp:
         tmp.write_text("\n".join(md))
     for name, res in summary.items():
-        plot(res, name, out / f"budget_{name}.png")
+        plot_budget(res, f"{name}: {res['n_images']} test images", out / f"budget_{name}.png")
     return summary_doc
-
-
-def plot(res: dict[str, Any], name: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
-    styles = {"learned": ("tab:red", "o"), "uniform": ("tab:blue", "s")}
-    ticks: set[float] = set()
-    for sampler, (colour, marker) in styles.items():
-        pts = sorted(res["curves"].get(sampler, {}).values(), key=lambda p: p["budget"])
-        if not pts:
-            continue
-        xs = [p["budget"] for p in pts]
-        ticks.update(xs)
-        ax.errorbar(
-            xs,
-            [p["miou_mean"] for p in pts],
-            yerr=[p["miou_sd"] for p in pts],
-            color=colour,
-            marker=marker,
-            capsize=3,
-            label=f"{sampler} sampling",
-        )
-        most = max(p["n_seeds"] for p in pts)
-        for p in pts:
-            seeds = list(p["miou_per_seed"].values())
-            ax.scatter([p["budget"]] * len(seeds), seeds, color=colour, s=8, alpha=0.5)
-            if p["n_seeds"] < most and sampler == "learned":  # fewer seeds: say so
-                ax.annotate(
-                    f"{p['n_seeds']} seed" + ("s" if p["n_seeds"] > 1 else ""),
-                    (p["budget"], p["miou_mean"]),
-                    textcoords="offset points",
-                    xytext=(-8, -16),
-                    ha="right",
-                    fontsize=7,
-                )
-    tiled = res["curves"].get("tiled", {}).get("1")
-    if tiled:
-        ax.axhline(tiled["miou_mean"], color="0.3", ls="--", label="tiled full resolution")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(ticks), [budget_label(t) for t in sorted(ticks)])
-    ax.set_xlabel("samples per region pixel (budget)")
-    ax.set_ylabel("mIoU (test images)")
-    ax.set_title(f"{name}: {res['n_images']} test images")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 # -- main -----------------------------------------------------------------------------------------

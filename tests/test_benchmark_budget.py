@@ -91,3 +91,27 @@ def test_runs_are_claimed_by_one_process(tmp_path: Path) -> None:
     lock.write_text(dead.stdout.strip())  # left behind by a process that is gone
     with bench.claim(lock) as taken:
         assert taken
+
+
+@pytest.mark.realdata
+def test_run_keys_of_committed_results_are_unchanged(shared_data: Path, tmp_path: Path) -> None:
+    """The full plan's keys are those of docs/results/budget.json, so committed results
+    resume (a new TrainConfig field at its default must not change a key)."""
+    bench = _load_script()
+    committed = json.loads((REPO / "docs" / "results" / "budget.json").read_text())["datasets"]
+    # the synthetic data set's identity without writing its slides (as synthetic_dataset)
+    sizes = {"train": [1000, 1005, 6144, 4096], "test": [1200, 1209, 4096, 3072]}
+    split = "by slide: 6 training slides, 10 test slides"
+    datasets = {
+        "synthetic": bench.Dataset(
+            "synthetic", [], [], bench.DEFAULT_CLASSES, 1.0, 512, split, {"synthetic": sizes}
+        ),
+        **{
+            n: bench.load_dataset(n, tmp_path, shared_data, False)
+            for n in ("glas", "cpm15", "stain")
+        },
+    }
+    for name, ds in datasets.items():
+        synthetic = name == "synthetic"
+        runs = bench.plan(ds, 3 if synthetic else 1, 300 if synthetic else 200, False, 0)
+        assert sorted(r.key for r in runs) == sorted(committed[name]["runs"]), name

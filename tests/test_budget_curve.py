@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from wsiseg.train.budget_curve import (
+from wsiseg.bench.budget_curve import (
     BudgetRun,
     equal_accuracy_budget,
     format_budget_markdown,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsiseg.train.stain_rule import stain_rule_labels, stain_rule_source
+from wsiseg.bench.stain_rule import stain_rule_labels, stain_rule_source
 
 
 def _patch() -> np.ndarray:

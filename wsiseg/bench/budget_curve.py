@@ -5,26 +5,46 @@ or tiled), pixel budget (samples per region pixel; 1 for tiled full resolution),
 and one confusion matrix per test image. Summaries pool each run's confusion matrices
 over images (as `wsiseg evaluate` does), average over seeds, and compare learned with
 uniform at the same budget by a bootstrap over test images of the seed-averaged
-difference.
+difference. The score is mIoU unless another of `METRICS` is asked for (``fg_iou`` /
+``fg_dice``: IoU / Dice of class 1, the object of a binary target); the summary's keys
+are named after it (``miou_mean``, ``fg_iou_mean``, ...).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from wsiseg.train.metrics import bootstrap_interval, mean_iou
+from wsiseg.train.metrics import bootstrap_interval, iou_dice, mean_iou
 
 __all__ = [
+    "METRICS",
     "BudgetRun",
     "equal_accuracy_budget",
     "summarise_budget",
     "format_budget_markdown",
 ]
+
+
+def _fg_iou(cm: np.ndarray) -> float:
+    return float(iou_dice(cm)[0][1])
+
+
+def _fg_dice(cm: np.ndarray) -> float:
+    return float(iou_dice(cm)[1][1])
+
+
+#: Scores of a pooled confusion matrix, by name.
+METRICS: dict[str, Callable[[np.ndarray], float]] = {
+    "miou": mean_iou,
+    "fg_iou": _fg_iou,
+    "fg_dice": _fg_dice,
+}
+_LABELS = {"miou": "mIoU", "fg_iou": "foreground IoU", "fg_dice": "foreground Dice"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +61,10 @@ class BudgetRun:
     @property
     def miou(self) -> float:
         return mean_iou(self.confusion.sum(0))
+
+    def score(self, metric: str = "miou") -> float:
+        """``metric`` (a key of `METRICS`) of the confusion pooled over test images."""
+        return METRICS[metric](self.confusion.sum(0))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BudgetRun:
@@ -81,8 +105,9 @@ def _paired_difference(
     second: Sequence[BudgetRun],
     n_boot: int,
     seed: int,
+    metric: str = "miou",
 ) -> dict[str, Any]:
-    """Seed-averaged mIoU(first) - mIoU(second), bootstrap 95% interval over test images."""
+    """Seed-averaged score(first) - score(second), bootstrap 95% interval over test images."""
     pairs = {r.seed: r for r in second}
     matched = [(a, pairs[a.seed]) for a in first if a.seed in pairs]
     if not matched:
@@ -96,18 +121,21 @@ def _paired_difference(
     for a, b in matched:
         for run, sign in ((a, 1.0), (b, -1.0)):
             cms = np.einsum("bs,skl->bkl", weights, run.confusion.astype(np.float64))
-            reps += sign * np.array([mean_iou(cm) for cm in cms])
+            reps += sign * np.array([METRICS[metric](cm) for cm in cms])
     reps /= len(matched)
-    point = float(np.mean([a.miou - b.miou for a, b in matched]))
+    point = float(np.mean([a.score(metric) - b.score(metric) for a, b in matched]))
     lo, hi = bootstrap_interval(reps.tolist())
     return {"diff": point, "ci95": [lo, hi], "n_seeds": len(matched), "n_images": n_img}
 
 
 def summarise_budget(
-    runs: Sequence[BudgetRun], *, n_boot: int = 2000, seed: int = 0
+    runs: Sequence[BudgetRun], *, n_boot: int = 2000, seed: int = 0, metric: str = "miou"
 ) -> dict[str, Any]:
-    """Per dataset: mIoU per sampler and budget (mean, sd, per seed), paired differences
-    learned - uniform, and the uniform budget that matches each learned point."""
+    """Per dataset: the score per sampler and budget (mean, sd, per seed), paired
+    differences learned - uniform, and the uniform budget that matches each learned point."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
+    m_ = metric
     out: dict[str, Any] = {}
     for ds in sorted({r.dataset for r in runs}):
         mine = [r for r in runs if r.dataset == ds]
@@ -119,12 +147,12 @@ def summarise_budget(
                     (r for r in mine if r.sampler == sampler and r.budget == budget),
                     key=lambda r: r.seed,
                 )
-                vals = [r.miou for r in group]
+                vals = [r.score(m_) for r in group]
                 points[_budget_key(budget)] = {
                     "budget": budget,
-                    "miou_mean": float(np.mean(vals)),
-                    "miou_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-                    "miou_per_seed": {str(r.seed): r.miou for r in group},
+                    f"{m_}_mean": float(np.mean(vals)),
+                    f"{m_}_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                    f"{m_}_per_seed": {str(r.seed): v for r, v in zip(group, vals, strict=True)},
                     "n_seeds": len(vals),
                 }
             if points:
@@ -134,12 +162,12 @@ def summarise_budget(
             budget = lp["budget"]
             learned = [r for r in mine if r.sampler == "learned" and r.budget == budget]
             uniform = [r for r in mine if r.sampler == "uniform" and r.budget == budget]
-            entry = _paired_difference(learned, uniform, n_boot, seed)
+            entry = _paired_difference(learned, uniform, n_boot, seed, m_)
             uni = curves.get("uniform", {})
             match = equal_accuracy_budget(
                 [p["budget"] for p in uni.values()],
-                [p["miou_mean"] for p in uni.values()],
-                lp["miou_mean"],
+                [p[f"{m_}_mean"] for p in uni.values()],
+                lp[f"{m_}_mean"],
             )
             entry["uniform_budget_for_same_miou"] = match
             entry["sample_ratio"] = None if match is None else match / budget
@@ -150,6 +178,8 @@ def summarise_budget(
             comparisons[key] = entry
         images = mine[0].images if mine else ()
         out[ds] = {"curves": curves, "learned_vs_uniform": comparisons, "n_images": len(images)}
+        if m_ != "miou":  # budget.json of the synthetic benchmark keeps its earlier form
+            out[ds]["metric"] = m_
     return out
 
 
@@ -160,12 +190,15 @@ def _budget_key(budget: float) -> str:
 def format_budget_markdown(summary: Mapping[str, Any]) -> str:
     """Tables of `summarise_budget`'s result, one per dataset."""
     lines: list[str] = []
+    m_ = "miou"
     for ds, res in summary.items():
         curves = res["curves"]
+        m_ = res.get("metric", "miou")
+        name = _LABELS[m_]
         lines += [f"### {ds} ({res['n_images']} test images)", ""]
         lines += [
-            "| budget | learned mIoU | uniform mIoU | learned - uniform [95% CI] | "
-            "uniform budget for the same mIoU |",
+            f"| budget | learned {name} | uniform {name} | learned - uniform [95% CI] | "
+            f"uniform budget for the same {name} |",
             "|---|---|---|---|---|",
         ]
         keys = sorted(
@@ -186,16 +219,17 @@ def format_budget_markdown(summary: Mapping[str, Any]) -> str:
             else:
                 le = "≤ " if cmp_.get("upper_bound") else ""
                 match_s = f"{le}1/{1 / match:.0f} ({le}{cmp_['sample_ratio']:.2f}x)"
-            lines.append(f"| {key} | {_fmt(lp)} | {_fmt(up)} | {diff} | {match_s} |")
+            lines.append(f"| {key} | {_fmt(lp, m_)} | {_fmt(up, m_)} | {diff} | {match_s} |")
         tiled = curves.get("tiled", {}).get("1")
         if tiled:
-            lines += ["", f"Tiled full resolution (same steps): {_fmt(tiled)}."]
+            lines += ["", f"Tiled full resolution (same steps): {_fmt(tiled, m_)}."]
         lines.append("")
+    name = _LABELS[m_]
     lines.append(
-        "mIoU: pooled confusion matrix over the test images at full label resolution, "
+        f"{name}: pooled confusion matrix over the test images at full label resolution, "
         "mean ± sd over training seeds (n seeds in brackets); differences: seed-averaged, "
         "95% bootstrap interval over test images. The last column reads the uniform curve "
-        "(interpolated in log budget) at the learned mIoU; a ratio above 1 means uniform "
+        f"(interpolated in log budget) at the learned {name}; a ratio above 1 means uniform "
         "needs that many times more samples."
     )
     return "\n".join(lines) + "\n"
@@ -205,9 +239,10 @@ def _parse_key(key: str) -> float:
     return 1.0 if key == "1" else 1.0 / float(key.split("/")[1])
 
 
-def _fmt(point: Mapping[str, Any] | None) -> str:
+def _fmt(point: Mapping[str, Any] | None, metric: str = "miou") -> str:
     if not point:
         return "-"
+    mean = point[f"{metric}_mean"]
     if point["n_seeds"] > 1:
-        return f"{point['miou_mean']:.4f} ± {point['miou_sd']:.4f} ({point['n_seeds']})"
-    return f"{point['miou_mean']:.4f} (1)"
+        return f"{mean:.4f} ± {point[f'{metric}_sd']:.4f} ({point['n_seeds']})"
+    return f"{mean:.4f} (1)"
