@@ -321,7 +321,8 @@ def test_ctrl_c_prints_one_line(slides: dict[str, Path], model: Path, tmp_path: 
         except ProcessLookupError:
             pass
         proc.wait()
-    lines = stderr_lines(errlog.read_text())
+    text = errlog.read_text()
+    lines = stderr_lines(text)
     assert code == 130, lines
     assert lines == ["error: interrupted"], lines
     left = []

@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="wsiseg", standalone_mode=False)
     except click.exceptions.Abort:
-        _fail("aborted")
+        _fail("interrupted")
         sys.exit(130)
     except click.BadParameter as exc:  # a bad option value: one line
         _fail(exc.format_message())

@@ -46,7 +46,9 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -623,6 +625,23 @@ def _slurm_client(cfg: ClusterConfig, workers: int | None) -> Iterator[Client]:
 
 
 @contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (inherited across exec).
+
+    A terminal's Ctrl-C goes to the whole process group; the driver alone handles it
+    and closes the cluster, instead of every worker printing a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@contextlib.contextmanager
 def open_client(cluster: str = "local", workers: int | None = None) -> Iterator[Client]:
     """A dask client for ``cluster``, closed (with its cluster and jobs) on exit.
 
@@ -657,17 +676,19 @@ def open_client(cluster: str = "local", workers: int | None = None) -> Iterator[
     elif cluster == "local":
         n = workers or local_worker_cap()[0]
         env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        with (
-            LocalCluster(
+        with _workers_ignore_sigint():  # only while the worker processes start
+            lc = LocalCluster(
                 n_workers=n,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                silence_logs=logging.ERROR,
+                # Task errors come back to the driver, which names the slide; what the
+                # workers would log besides (heartbeats failing while the cluster
+                # closes, after Ctrl-C) is tracebacks of no use to a user.
+                silence_logs=logging.CRITICAL,
                 env=env,
-            ) as lc,
-            Client(lc) as client,
-        ):
+            )
+        with lc, Client(lc) as client:
             log.info("local dask cluster with %d worker(s)", n)
             yield client
     else:
