@@ -61,8 +61,8 @@ from wsiseg.bench.runs import (
     write_result,
 )
 from wsiseg.bench.stain_rule import STAIN_CLASSES, stain_rule_labels
+from wsiseg.fileops import atomic_path
 from wsiseg.io import open_slide
-from wsiseg.io.fileops import atomic_path
 from wsiseg.models.config import DEFAULT_CLASSES, ModelConfig
 from wsiseg.models.loading import load_model
 from wsiseg.synthetic import SynthSpec, write_synthetic_slide

@@ -460,7 +460,7 @@ def test_overwrite_cut_short_leaves_the_slide_not_done(
 def test_atomic_path_replaces_a_file_in_one_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from wsiseg.io import fileops
+    from wsiseg import fileops
 
     final = tmp_path / "summary.json"
     final.write_text("old")
@@ -488,7 +488,7 @@ def test_atomic_path_replaces_a_file_in_one_rename(
 
 
 def test_atomic_path_replaces_a_folder(tmp_path: Path) -> None:
-    from wsiseg.io.fileops import atomic_path
+    from wsiseg.fileops import atomic_path
 
     final = tmp_path / "x.zarr"
     (final / "a").mkdir(parents=True)
@@ -499,7 +499,7 @@ def test_atomic_path_replaces_a_folder(tmp_path: Path) -> None:
 
 
 def test_stale_temporaries_are_removed_and_nothing_else(tmp_path: Path) -> None:
-    from wsiseg.io.fileops import remove_stale_temporaries
+    from wsiseg.fileops import remove_stale_temporaries
 
     stale = [
         ".mask.ome.tif.0123abcd.partial",
@@ -520,7 +520,7 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path: Path) -> None:
 
 
 def test_stale_temporaries_of_named_files_only(tmp_path: Path) -> None:
-    from wsiseg.io.fileops import remove_stale_temporaries
+    from wsiseg.fileops import remove_stale_temporaries
 
     mine = [".run.json.0123abcd.partial", ".report.html.89abcdef.partial"]
     other = [".run-shard-2-of-2.json.0123abcd.partial", ".mask.ome.tif.0123abcd.partial"]

@@ -183,8 +183,8 @@ def thumbnail(slide: Path, out: Path, thumb_mpp: float, backend: str, mpp: float
     """Save a thumbnail of SLIDE at --thumb-mpp µm/px."""
     from PIL import Image
 
+    from wsiseg.fileops import atomic_path
     from wsiseg.io import open_slide
-    from wsiseg.io.fileops import atomic_path
 
     with open_slide(slide, backend=backend, mpp=mpp) as reader:
         img = reader.thumbnail(thumb_mpp)
@@ -458,7 +458,7 @@ def evaluate(
     """mIoU, per-class IoU and Dice, with bootstrap 95% intervals over slides."""
     from tqdm import tqdm
 
-    from wsiseg.io.fileops import atomic_path
+    from wsiseg.fileops import atomic_path
     from wsiseg.models.loading import load_model
     from wsiseg.train.evaluate import confusion_per_source, format_markdown, summarise
     from wsiseg.train.layouts import read_layout, target_for_classes

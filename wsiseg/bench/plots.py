@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from wsiseg.bench.runs import budget_label
-from wsiseg.io.fileops import atomic_path
+from wsiseg.fileops import atomic_path
 
 __all__ = ["plot_budget"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsiseg.io.fileops import atomic_path
+from wsiseg.fileops import atomic_path
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.deformseg import DeformSeg, MemorySource
 from wsiseg.train.loop import TrainConfig, training_step

@@ -46,8 +46,8 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry import shape as geojson_shape
 
+from wsiseg.fileops import atomic_path
 from wsiseg.geometry import mask_to_polygon_array, polygons_to_mask
-from wsiseg.io.fileops import atomic_path
 
 __all__ = [
     "AREA_MEASUREMENT",

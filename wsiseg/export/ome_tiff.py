@@ -42,7 +42,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from wsiseg.io.fileops import atomic_path, remove_path
+from wsiseg.fileops import atomic_path, remove_path
 
 __all__ = [
     "CLASS_COLOURS_NS",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from wsiseg.io.fileops import atomic_path
+from wsiseg.fileops import atomic_path
 
 __all__ = ["render_overlay", "viridis", "write_png"]
 

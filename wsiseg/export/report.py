@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from PIL import Image, UnidentifiedImageError
 
 from wsiseg import __version__
-from wsiseg.io.fileops import atomic_path
+from wsiseg.fileops import atomic_path
 
 __all__ = [
     "STATUS_LABELS",

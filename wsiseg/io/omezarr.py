@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from wsiseg.io.fileops import atomic_path
+from wsiseg.fileops import atomic_path
 from wsiseg.io.pyramid import level_array
 from wsiseg.io.reader import SlideReader
 

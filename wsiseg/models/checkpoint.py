@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 from wsiseg import __version__
 from wsiseg.errors import WsisegError
+from wsiseg.fileops import atomic_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -170,20 +170,6 @@ def _prepare_tensors(state_dict: Mapping[str, Tensor], half: bool) -> dict[str, 
     return out
 
 
-def _tmp_beside(target: Path) -> Path:
-    # Not created here (mkstemp would make it 0600): the writer creates it with the
-    # usual umask-derived mode, as for the final file.
-    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` (mode from the umask, like any new file), write, flush to disk."""
-    with path.open("xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def save_checkpoint(
     path: str | os.PathLike[str],
     state_dict: Mapping[str, Tensor],
@@ -220,10 +206,11 @@ def save_checkpoint(
 
     Notes
     -----
-    Both files are written under temporary names in the target folder, flushed,
-    then renamed, weights first and JSON last: a reader never sees a partial
-    file. A crash between the two renames leaves new weights beside the old JSON,
-    which :func:`load_checkpoint` reports as a checksum mismatch, never loads.
+    Both files are written under :func:`wsiseg.fileops.atomic_path` temporaries
+    in the target folder, flushed, then renamed, weights first and JSON last: a
+    reader never sees a partial file. A crash between the two renames leaves new
+    weights beside the old JSON, which :func:`load_checkpoint` reports as a
+    checksum mismatch, never loads.
     """
     from safetensors.torch import save as to_bytes
 
@@ -234,12 +221,16 @@ def save_checkpoint(
         raise TypeError(f"checkpoint config is not JSON-serialisable: {exc}") from exc
 
     tensors = _prepare_tensors(state_dict, half)
-    weights_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_weights = _tmp_beside(weights_path)
-    tmp_json = _tmp_beside(json_path)
-    try:
+    for final in (weights_path, json_path):
+        if final.is_dir():  # atomic_path would replace a folder; a checkpoint never does
+            raise IsADirectoryError(f"{final} is a folder, not a checkpoint file")
+    # Nested: the weights are renamed first, the JSON last; an error before leaves both.
+    with (
+        atomic_path(json_path, overwrite=True) as tmp_json,
+        atomic_path(weights_path, overwrite=True) as tmp_weights,
+    ):
         data = to_bytes(tensors, metadata={"format": "pt", "wsiseg": CHECKPOINT_FORMAT})
-        _write_new(tmp_weights, data)
+        tmp_weights.write_bytes(data)
         document = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -249,12 +240,7 @@ def save_checkpoint(
             "half": bool(half),
             "config": config_json,
         }
-        _write_new(tmp_json, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
-        os.replace(tmp_weights, weights_path)
-        os.replace(tmp_json, json_path)
-    finally:
-        for tmp in (tmp_weights, tmp_json):
-            tmp.unlink(missing_ok=True)
+        tmp_json.write_bytes((json.dumps(document, indent=2) + "\n").encode("utf-8"))
     logger.info(
         "saved checkpoint %s (%d tensors, %s, %d bytes)",
         weights_path,

@@ -34,8 +34,8 @@ from shapely.geometry.base import BaseGeometry
 
 from wsiseg.errors import InputError
 from wsiseg.export.report import write_report
+from wsiseg.fileops import atomic_path, remove_stale_temporaries
 from wsiseg.io.discovery import discover_slides
-from wsiseg.io.fileops import atomic_path, remove_stale_temporaries
 from wsiseg.io.names import assign_output_names
 from wsiseg.models.loading import resolve_device
 from wsiseg.pipeline.cluster import check_workers, open_client

@@ -33,9 +33,9 @@ from wsiseg.errors import InputError, WsisegError
 from wsiseg.export.geojson import labels_to_features, write_geojson
 from wsiseg.export.ome_tiff import write_label_ome_tiff
 from wsiseg.export.overlay import render_overlay, write_png
+from wsiseg.fileops import atomic_path, remove_stale_temporaries
 from wsiseg.geometry import polygons_to_mask
 from wsiseg.io import open_slide
-from wsiseg.io.fileops import atomic_path, remove_stale_temporaries
 from wsiseg.io.names import folder_claim, safe_name, slide_checksum, slide_fingerprint
 from wsiseg.io.reader import BaseSlideReader, is_plausible_mpp
 from wsiseg.models.checkpoint import read_checkpoint_metadata

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import tifffile
 
+from wsiseg.fileops import atomic_path
 from wsiseg.synthetic.noise import _BLOCK
 from wsiseg.synthetic.render import _render, _scene_and_textures
 from wsiseg.synthetic.scene import _Scene
@@ -261,8 +261,10 @@ def write_synthetic_slide(
     Memory stays bounded whatever the slide size: level 0 is rendered and
     written one row of tiles at a time, and each lower level is kept in a
     temporary raw file in ``out_dir`` (1/factor² of the level above) until it
-    is written. Files are written under temporary names and renamed at the
-    end, so an interrupted run leaves nothing under the final names.
+    is written. Files are written under :func:`wsiseg.fileops.atomic_path`
+    temporaries and renamed at the end, so an interrupted run leaves nothing
+    under the final names, only temporaries that the stale-temporary cleanup
+    recognises.
     """
     if not name or any(s in name for s in ("/", "\\", os.sep)) or name in (".", ".."):
         raise ValueError(f"write_synthetic_slide: bad slide name {name!r}")
@@ -270,9 +272,6 @@ def write_synthetic_slide(
     out_dir.mkdir(parents=True, exist_ok=True)
     final_img = out_dir / f"{name}.tiff"
     final_mask = out_dir / f"{name}_mask.tiff"
-    token = uuid.uuid4().hex[:12]
-    tmp_img = out_dir / f".{name}.{token}.tiff.partial"
-    tmp_mask = out_dir / f".{name}.{token}_mask.tiff.partial"
     sc, tx = _scene_and_textures(spec)
     levels = level_shapes(spec)
     T = spec.tile_px
@@ -294,12 +293,12 @@ def write_synthetic_slide(
         spec.seed,
         len(levels),
     )
-    try:
-        _write_pyramid(tmp_img, out_dir / f".{name}.{token}.img", spec, sc, tx, "image", tick)
-        _write_pyramid(tmp_mask, out_dir / f".{name}.{token}.mask", spec, sc, tx, "mask", tick)
-        os.replace(tmp_mask, final_mask)
-        os.replace(tmp_img, final_img)
-    finally:
-        tmp_img.unlink(missing_ok=True)
-        tmp_mask.unlink(missing_ok=True)
+    # Nested: the mask is renamed first, the image last; the raw lower levels are
+    # scratch named after each temporary (".NAME.tiff.XXXXXXXX.partial.L1.raw").
+    with (
+        atomic_path(final_img, overwrite=True) as tmp_img,
+        atomic_path(final_mask, overwrite=True) as tmp_mask,
+    ):
+        _write_pyramid(tmp_img, tmp_img, spec, sc, tx, "image", tick)
+        _write_pyramid(tmp_mask, tmp_mask, spec, sc, tx, "mask", tick)
     return SynthPaths(image=final_img, mask=final_mask)

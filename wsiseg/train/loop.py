@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from wsiseg.colour import ColourStats, colour_stats
 from wsiseg.errors import InputError
-from wsiseg.io.fileops import atomic_path
+from wsiseg.fileops import atomic_path
 from wsiseg.models.checkpoint import save_checkpoint
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.deformseg import DeformSeg, MemorySource
@@ -263,9 +263,12 @@ def train(
             start = train_cfg.steps  # it ran out of patience: nothing more to train
         elif start < train_cfg.steps:
             progress["stopped_step"] = None  # a longer run continues
-    (out_dir / "config.json").write_text(
-        json.dumps({"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg)}, indent=2)
-    )
+    with atomic_path(out_dir / "config.json", overwrite=True) as tmp:
+        tmp.write_text(
+            json.dumps(
+                {"model": model_cfg.to_dict(), "train": dataclasses.asdict(train_cfg)}, indent=2
+            )
+        )
     summary = dict(data_summary or {})
     summary.setdefault("train_images", [s.name for s in train_sources])
     if val_sources:

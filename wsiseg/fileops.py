@@ -1,8 +1,13 @@
-"""Atomic output helpers: write under a temporary name, rename when complete.
+"""The package's one atomic writer and its stale-temporary cleanup.
 
-A final name only ever appears by ``os.replace`` of a complete, hidden temporary
-(``.NAME.XXXXXXXX.partial``), so a killed process leaves finished files or hidden
-temporaries, never a half-written file under a final name.
+Every final file or folder the package writes (segment outputs, checkpoints,
+synthetic slides, training state, benchmark records) appears only by ``os.replace``
+of a complete, hidden temporary ``.NAME.XXXXXXXX.partial`` made by
+:func:`atomic_path`. A writer's scratch beside it is named after the temporary
+(``.NAME.XXXXXXXX.partial.SUFFIX``), and a folder being replaced is moved aside as
+``.NAME.XXXXXXXX.old``. So a killed process leaves finished files or names that
+:func:`is_temporary_name` recognises and :func:`remove_stale_temporaries` removes,
+never a half-written file under a final name.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ def _temporary_target(name: str) -> str:
 
 
 def is_temporary_name(name: str) -> bool:
-    """Whether ``name`` is one of :func:`atomic_path`'s temporaries."""
+    """Whether ``name`` is one of :func:`atomic_path`'s temporaries (or their scratch)."""
     return _TEMP_RE.match(name) is not None
 
 
@@ -96,13 +101,17 @@ def atomic_path(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         remove_path(tmp)
         raise
-    if tmp.is_file():
-        _fsync(tmp)  # data on disk before the name: a crash never shows an empty final
-    if final.exists() and (final.is_dir() or tmp.is_dir()):  # os.replace needs two files
-        old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        remove_path(old)
-    else:
-        os.replace(tmp, final)
+    try:
+        if tmp.is_file():
+            _fsync(tmp)  # data on disk before the name: a crash never shows an empty final
+        if final.exists() and (final.is_dir() or tmp.is_dir()):  # os.replace needs two files
+            old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            remove_path(old)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        remove_path(tmp)  # a failed rename leaves no temporary either (no-op once renamed)
+        raise
     _fsync(final.parent)
