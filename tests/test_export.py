@@ -28,7 +28,6 @@ from wsiseg.export import (
     AREA_MEASUREMENT,
     CLASS_NAMES_NS,
     labels_to_features,
-    read_geojson_labels,
     read_label_classes,
     read_label_ome_tiff,
     render_overlay,
@@ -38,6 +37,7 @@ from wsiseg.export import (
 )
 from wsiseg.export.ome_tiff import _mode2x
 from wsiseg.geometry import polygons_to_mask
+from wsiseg.io.geojson import rasterise_geojson
 
 NAMES = ["Background", "Tumor", "Stroma", "Other"]
 COLOURS = [(0, 0, 0), (200, 0, 0), (0, 150, 0), (20, 20, 220)]
@@ -128,10 +128,10 @@ def test_geojson_rasterises_back(labels: np.ndarray, tmp_path: Path) -> None:
     expected = labels.copy()
     expected[10:12, 10:12] = 0  # the speck below min_area_um2 is dropped
     exact = write_geojson(tmp_path / "exact.geojson", _features(labels, simplify_px=0))
-    back = read_geojson_labels(exact, labels.shape, 4.0, NAMES, offset=(1000.0, 500.0))
+    back = rasterise_geojson(exact, labels.shape, 4.0, NAMES, offset=(1000.0, 500.0))
     np.testing.assert_array_equal(back, expected)
     simple = write_geojson(tmp_path / "simple.geojson", _features(labels))
-    back = read_geojson_labels(simple, labels.shape, 4.0, NAMES, offset=(1000.0, 500.0))
+    back = rasterise_geojson(simple, labels.shape, 4.0, NAMES, offset=(1000.0, 500.0))
     assert (back == expected).mean() > 0.995
     # Simplification does reduce the vertex count.
     n_exact = sum(
@@ -148,7 +148,7 @@ def test_geojson_rasterises_back(labels: np.ndarray, tmp_path: Path) -> None:
         tmp_path / "all.geojson", _features(labels, simplify_px=0, min_area_um2=0)
     )
     np.testing.assert_array_equal(
-        read_geojson_labels(specks, labels.shape, 4.0, NAMES, offset=(1000.0, 500.0)), labels
+        rasterise_geojson(specks, labels.shape, 4.0, NAMES, offset=(1000.0, 500.0)), labels
     )
 
 

@@ -236,10 +236,13 @@ def test_malformed_files_are_one_clear_error(content: str, pattern: str, tmp_pat
         ({"type": "Polygon", "coordinates": "square"}, "invalid geometry"),
         ({"type": "Circle", "coordinates": [10, 10], "radius": 5}, "invalid geometry"),
         ({"type": "Polygon"}, "invalid geometry"),
-        ({"type": "Polygon", "coordinates": [[[0, 0], [1e999, 0], [0, 5], [0, 0]]]}, "not finite"),
+        (
+            {"type": "Polygon", "coordinates": [[[0, 0], [1e999, 0], [0, 5], [0, 0]]]},
+            "not a finite number",
+        ),
         (
             {"type": "Polygon", "coordinates": [[[0, 0], [float("nan"), 0], [0, 5], [0, 0]]]},
-            "not finite",
+            "not a finite number",
         ),
     ],
     ids=["two points", "string coordinates", "unknown type", "no coordinates", "infinite", "nan"],

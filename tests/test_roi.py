@@ -52,7 +52,7 @@ def test_self_intersecting_polygon_is_repaired(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        ("{not json", "not readable"),
+        ("{not json", "not valid JSON"),
         (json.dumps({"type": "Point", "coordinates": [1, 2]}), "no polygons"),
         (json.dumps({"type": "Polygon", "coordinates": "x"}), "invalid geometry"),
     ],

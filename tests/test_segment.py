@@ -12,8 +12,8 @@ import pytest
 import tifffile
 
 from wsiseg.cli import main
-from wsiseg.export.geojson import read_geojson_labels
 from wsiseg.export.ome_tiff import read_label_ome_tiff
+from wsiseg.io.geojson import rasterise_geojson
 from wsiseg.synthetic import SynthSpec, write_synthetic_slide
 from wsiseg.train.datasets import LabelMask
 from wsiseg.train.metrics import confusion_matrix, mean_iou
@@ -72,7 +72,7 @@ def test_outputs_and_accuracy(one_worker: Path, slides: Path) -> None:
     with tifffile.TiffFile(out / "mask.ome.tif") as tf:
         assert tf.is_ome and len(tf.series[0].levels) >= 2
     # The GeoJSON rasterises back to the mask (up to simplification and specks).
-    back = read_geojson_labels(out / "annotations.geojson", pred.shape, 4.0, summary_names(summary))
+    back = rasterise_geojson(out / "annotations.geojson", pred.shape, 4.0, summary_names(summary))
     assert (back == pred).mean() > 0.97
 
 

@@ -11,7 +11,6 @@ from wsiseg.export.geojson import (
     AREA_MEASUREMENT,
     FEATURE_ID_NAMESPACE,
     labels_to_features,
-    read_geojson_labels,
     write_geojson,
 )
 from wsiseg.export.ome_tiff import (
@@ -30,7 +29,6 @@ __all__ = [
     "CLASS_NAMES_NS",
     "FEATURE_ID_NAMESPACE",
     "labels_to_features",
-    "read_geojson_labels",
     "read_label_classes",
     "read_label_ome_tiff",
     "render_overlay",

@@ -1,4 +1,6 @@
-"""QuPath-importable GeoJSON annotations from a label raster, and back.
+"""QuPath-importable GeoJSON annotations from a label raster.
+
+(Read back with :func:`wsiseg.io.geojson.rasterise_geojson`.)
 
 What QuPath (0.4 - 0.7) needs, and what :func:`labels_to_features` writes
 (see ``notes/anchors-pipeline.md`` §1):
@@ -44,16 +46,14 @@ from typing import Any
 import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
-from shapely.geometry import shape as geojson_shape
 
 from wsiseg.fileops import atomic_path
-from wsiseg.geometry import mask_to_polygon_array, polygons_to_mask
+from wsiseg.geometry import mask_to_polygon_array
 
 __all__ = [
     "AREA_MEASUREMENT",
     "FEATURE_ID_NAMESPACE",
     "labels_to_features",
-    "read_geojson_labels",
     "write_geojson",
 ]
 
@@ -249,66 +249,3 @@ def write_geojson(
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(text, encoding="ascii")
     return path
-
-
-def read_geojson_labels(
-    path: str | Path,
-    shape: tuple[int, int],
-    downsample: float,
-    class_names: Sequence[str],
-    *,
-    offset: tuple[float, float] = (0.0, 0.0),
-) -> np.ndarray:
-    """Rasterise a GeoJSON of classified polygons (level-0 pixels) to class ids.
-
-    Parameters
-    ----------
-    path : str or Path
-        A FeatureCollection, a Feature array or a single Feature.
-    shape : tuple of int
-        (h, w) of the output raster.
-    downsample : float
-        Level-0 pixels per output pixel.
-    class_names : sequence of str
-        Output value = index of the feature's classification name; features of
-        other classes are skipped with a warning.
-    offset : tuple of float
-        Level-0 (x, y) of the output's top-left corner.
-
-    Returns
-    -------
-    ndarray of uint8, shape ``shape``
-        A pixel takes a class when its centre lies inside one of its polygons.
-    """
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, dict):
-        features = data.get("features", [data] if data.get("type") == "Feature" else [])
-    else:
-        features = data
-    ids = {n: i for i, n in enumerate(class_names)}
-    by_class: dict[int, list[Any]] = {}
-    unknown: set[str] = set()
-    for feat in features:
-        cls = (feat.get("properties") or {}).get("classification")
-        name = cls.get("name") if isinstance(cls, dict) else cls
-        if not isinstance(name, str) or name not in ids or ids[name] == 0:
-            unknown.add(str(name))
-            continue
-        by_class.setdefault(ids[name], []).append(geojson_shape(feat["geometry"]))
-    if unknown:
-        log.warning("%s: skipped features of classes %s", Path(path).name, sorted(unknown))
-    out = np.zeros(shape, np.uint8)
-    for k in sorted(by_class):
-        parts = [
-            p
-            for g in by_class[k]
-            for p in shapely.get_parts(g)
-            if isinstance(p, Polygon | MultiPolygon)
-        ]
-        geom: shapely.Geometry = MultiPolygon(
-            [q for p in parts for q in (p.geoms if isinstance(p, MultiPolygon) else [p])]
-        )
-        if not geom.is_valid:
-            geom = shapely.union_all(parts)
-        out[polygons_to_mask(geom, shape, float(downsample), offset)] = k
-    return out

@@ -1,4 +1,4 @@
-"""Slide I/O: readers (OpenSlide, tiffslide), lazy pyramids, OME-Zarr."""
+"""Slide I/O: readers (OpenSlide, tiffslide), lazy pyramids, OME-Zarr; GeoJSON in `io.geojson`."""
 
 from __future__ import annotations
 

@@ -21,16 +21,13 @@ from the nearest finer pyramid level, labels by nearest neighbour (never average
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import shapely
 import tifffile
 import zarr
 from PIL import Image
@@ -41,6 +38,7 @@ from wsiseg.errors import InputError
 from wsiseg.geometry import as_multipolygon, polygons_to_mask
 from wsiseg.io import open_slide
 from wsiseg.io.discovery import DICOM_SUFFIXES, SLIDE_SUFFIXES
+from wsiseg.io.geojson import log_feature_notes, read_geojson_areas
 from wsiseg.io.reader import BaseSlideReader
 from wsiseg.train.layouts import read_layout
 from wsiseg.train.losses import IGNORE_INDEX
@@ -386,87 +384,16 @@ class GeoJSONLabels:
     ignored: list[BaseGeometry]
 
 
-def _geojson_items(path: Path) -> list[Any]:
-    """The features of a GeoJSON file (FeatureCollection, Feature or list of Features)."""
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not valid JSON ({text})") from exc
-    if isinstance(data, list):
-        return data
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data.get("features")
-        if not isinstance(features, list):
-            raise InputError(f"{path}: FeatureCollection without a 'features' list")
-        return features
-    if isinstance(data, dict) and data.get("type") == "Feature":
-        return [data]
-    raise InputError(f"{path}: not a GeoJSON FeatureCollection, Feature or list of Features")
-
-
-def _class_name(feature: Mapping[str, Any]) -> str | None:
-    props = feature.get("properties")
-    cls = props.get("classification") if isinstance(props, Mapping) else None
-    name = cls.get("name") if isinstance(cls, Mapping) else cls
-    return name if isinstance(name, str) else None
-
-
-def _feature_geometry(path: Path, index: int, feature: Any) -> BaseGeometry | None:
-    """The feature's geometry (None where it has none); malformed ones are an error."""
-    from shapely.geometry import shape
-
-    fid = feature.get("id") if isinstance(feature, Mapping) else None
-    where = f"{path}: feature {index}" + (f" (id {fid})" if isinstance(fid, str | int) else "")
-    if not isinstance(feature, Mapping) or "geometry" not in feature:
-        raise InputError(f"{where}: not a GeoJSON Feature (no 'geometry')")
-    if feature["geometry"] is None:
-        return None
-    try:
-        with warnings.catch_warnings():  # NaN coordinates: reported below, once
-            warnings.simplefilter("ignore", RuntimeWarning)
-            geom = shape(feature["geometry"])
-        finite = bool(np.isfinite(shapely.get_coordinates(geom)).all())
-    except Exception as exc:  # noqa: BLE001 - shapely raises many types on bad input
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{where}: invalid geometry ({text})") from exc
-    if not finite:
-        raise InputError(f"{where}: coordinates are not finite numbers")
-    return geom
-
-
-def _feature_area(
-    geom: BaseGeometry | None, slide: BaseGeometry, notes: dict[str, list[int]], index: int
-) -> BaseGeometry | None:
-    """The valid polygonal part of ``geom`` inside ``slide``; None (noted) if nothing is left."""
-    if geom is None or geom.is_empty:
-        notes.setdefault("without geometry (skipped)", []).append(index)
-        return None
-    if not geom.is_valid:
-        notes.setdefault("invalid (repaired)", []).append(index)
-    area = as_multipolygon(geom)
-    if area.is_empty:
-        notes.setdefault(f"not areas ({geom.geom_type}; skipped)", []).append(index)
-        return None
-    if area.within(slide):
-        return area
-    area = as_multipolygon(area.intersection(slide))
-    if area.is_empty:
-        notes.setdefault("wholly outside the slide (skipped)", []).append(index)
-        return None
-    notes.setdefault("clipped to the slide", []).append(index)
-    return area
-
-
 def read_geojson_labels(
     path: Path, class_ids: Mapping[str, int], slide_size: tuple[int, int]
 ) -> GeoJSONLabels:
     """Read QuPath-style annotations for training, repairing what can be repaired.
 
-    Invalid polygons (self-intersections, bow-ties) are made valid; parts outside the
-    slide are clipped off; empty, null and non-area geometries (points, lines) are
-    skipped; unknown or missing classes are kept as ignored areas. Each repair is
-    logged once per file with the features it touched.
+    Read by :func:`wsiseg.io.geojson.read_geojson_areas`: invalid polygons
+    (self-intersections, bow-ties) are made valid; empty, null and non-area
+    geometries (points, lines) are skipped. Here parts outside the slide are
+    clipped off and unknown or missing classes kept as ignored areas. Each repair
+    is logged once per file with the features it touched.
 
     Raises
     ------
@@ -476,15 +403,19 @@ def read_geojson_labels(
         without any area of a known class.
     """
     slide = box(0, 0, slide_size[0], slide_size[1])
-    notes: dict[str, list[int]] = {}  # what was repaired or skipped -> feature indices
+    notes: dict[str, list[int]] = {}  # what was clipped or ignored -> feature indices
     unknown: set[str] = set()
     areas: list[tuple[int, BaseGeometry]] = []
     ignored: list[BaseGeometry] = []
-    for i, feature in enumerate(_geojson_items(path)):
-        area = _feature_area(_feature_geometry(path, i, feature), slide, notes, i)
-        if area is None:
-            continue
-        name = _class_name(feature)
+    for feature in read_geojson_areas(path, bare_geometry=False):
+        i, area = feature.index, feature.geometry
+        if not area.within(slide):
+            area = as_multipolygon(area.intersection(slide))
+            if area.is_empty:
+                notes.setdefault("wholly outside the slide (skipped)", []).append(i)
+                continue
+            notes.setdefault("clipped to the slide", []).append(i)
+        name = feature.class_name
         if name is not None and name in class_ids:
             areas.append((class_ids[name], area))
         else:
@@ -492,9 +423,7 @@ def read_geojson_labels(
             unknown.add(label)
             notes.setdefault(f"of unknown class {label} (ignored, not background)", []).append(i)
             ignored.append(area)
-    for what, indices in notes.items():
-        shown = ", ".join(map(str, indices[:10])) + (" ..." if len(indices) > 10 else "")
-        log.warning("%s: %d feature(s) %s: %s", path, len(indices), what, shown)
+    log_feature_notes(log, path, notes)
     if not areas:
         known = ", ".join(class_ids)
         found = ", ".join(sorted(unknown)) or "none"
