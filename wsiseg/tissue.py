@@ -78,10 +78,19 @@ def tissue_mask_from_rgb(
     return mask, thr
 
 
-def detect_tissue(reader: SlideReader, params: TissueParams = TissueParams()) -> TissueMask:
-    """Find tissue on a thumbnail of ``reader`` at ``params.thumb_mpp``."""
+def detect_tissue(
+    reader: SlideReader,
+    params: TissueParams = TissueParams(),
+    *,
+    thumbnail: np.ndarray | None = None,
+) -> TissueMask:
+    """Find tissue on a thumbnail of ``reader`` at ``params.thumb_mpp``.
+
+    ``thumbnail``: that thumbnail (``reader.thumbnail(params.thumb_mpp)``) if the caller
+    has already read it.
+    """
     mpp0 = reader.mpp[0]
-    thumb = reader.thumbnail(params.thumb_mpp)
+    thumb = thumbnail if thumbnail is not None else reader.thumbnail(params.thumb_mpp)
     w0 = reader.level_dimensions[0][0]
     downsample = w0 / thumb.shape[1]
     mask, thr = tissue_mask_from_rgb(thumb, mpp0 * downsample, params)

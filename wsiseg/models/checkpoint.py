@@ -9,6 +9,8 @@ The JSON file holds::
     {"format": "wsiseg-checkpoint", "format_version": 1, "wsiseg_version": "...",
      "weights": "NAME.safetensors", "sha256": "...", "half": false,
      "config": {...the caller's config, returned untouched by load_checkpoint...}}
+
+A config may state the model card's ``notice`` (`model_notice`), shown with every output.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "CheckpointError",
     "CheckpointMetadata",
+    "DEFAULT_NOTICE",
     "check_state_fits",
     "checkpoint_paths",
     "file_sha256",
     "load_checkpoint",
     "load_state_strict",
+    "model_notice",
     "read_checkpoint_metadata",
     "save_checkpoint",
 ]
@@ -52,6 +56,9 @@ _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle",
 _MAX_LISTED = 5
 _FP16_MAX = 65504.0
 _MAX_JSON_BYTES = 16 << 20
+
+#: The model card's notice when a checkpoint's config states none.
+DEFAULT_NOTICE = "Research use only. Not for diagnosis."
 
 
 class CheckpointError(WsisegError):
@@ -85,6 +92,20 @@ class CheckpointMetadata:
     format_version: int
     wsiseg_version: str
     config: dict[str, Any]
+
+
+def model_notice(config: Mapping[str, Any]) -> str:
+    """The notice a model's outputs carry (what it is for, "not for diagnosis").
+
+    A checkpoint config's ``notice``, else its older free-text ``note`` (the bundled
+    demo model's), else `DEFAULT_NOTICE`; the first letter capitalised.
+    """
+    for key in ("notice", "note"):
+        value = config.get(key)
+        if isinstance(value, str) and value.strip():
+            text = " ".join(value.split())
+            return text[0].upper() + text[1:]
+    return DEFAULT_NOTICE
 
 
 def _pickle_refusal(path: Path) -> CheckpointError:

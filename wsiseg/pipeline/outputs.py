@@ -35,7 +35,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 #: Statuses of a slide in a run: done now, done earlier (same identity), no tissue,
-#: refused (results of other inputs, or held by another run) and failed.
+#: refused (a slide the model cannot read, or a folder holding results of other inputs)
+#: and failed.
 STATUSES = ("done", "skipped", "no tissue", "refused", "failed")
 
 
@@ -66,6 +67,10 @@ def _mapping(value: object) -> dict[str, Any]:
 
 def _floats(value: object) -> dict[str, float]:
     return {str(k): f for k, v in _mapping(value).items() if (f := _num(v)) is not None}
+
+
+def _strs(value: object) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
 @dataclass(frozen=True)
@@ -206,11 +211,18 @@ class SlideSummary:
     identity: ResumeIdentity | None = None
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    # Admission (`wsiseg.pipeline.admission`): refusals overridden by --force (forced),
+    # warnings, and the model card's notice.
+    forced: bool = False
+    refusals: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    notice: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
+            "notice": self.notice,
             "slide": self.slide,
             "slide_id": self.slide_id,
             "model_sha256": self.model_sha256,
@@ -236,6 +248,9 @@ class SlideSummary:
             "identity": self.identity.to_json() if self.identity else None,
             "config": dict(self.config),
             "versions": dict(self.versions),
+            "forced": self.forced,
+            "refusals": list(self.refusals),
+            "warnings": list(self.warnings),
         }
 
     @classmethod
@@ -270,6 +285,10 @@ class SlideSummary:
             identity=ResumeIdentity.from_json(d.get("identity")),
             config=_mapping(d.get("config")),
             versions={str(k): str(v) for k, v in _mapping(d.get("versions")).items()},
+            forced=d.get("forced") is True,
+            refusals=_strs(d.get("refusals")),
+            warnings=_strs(d.get("warnings")),
+            notice=_str(d.get("notice")),
             schema_version=_int(d.get("schema_version"), 0),
         )
 
@@ -279,13 +298,20 @@ class SlideSummary:
 
 @dataclass(frozen=True)
 class SlideRecord:
-    """One slide's line in ``run.json``: its status and where its results are."""
+    """One slide's line in ``run.json``: its status and where its results are.
+
+    ``refusals``: why the model cannot read the slide (status ``refused``), or, with
+    ``forced``, the refusals ``--force`` overrode; ``warnings``: admission warnings.
+    """
 
     slide: str
     status: str
     message: str = ""
     out: str | None = None
     name: str | None = None  # output folder name (the merge key of run.json)
+    refusals: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    forced: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -294,6 +320,9 @@ class SlideRecord:
             "status": self.status,
             "message": self.message,
             "out": self.out,
+            "refusals": list(self.refusals),
+            "warnings": list(self.warnings),
+            "forced": self.forced,
         }
 
     @classmethod
@@ -305,6 +334,9 @@ class SlideRecord:
             message=_str(d.get("message")),
             out=_opt_str(d.get("out")),
             name=_opt_str(d.get("name")),
+            refusals=_strs(d.get("refusals")),
+            warnings=_strs(d.get("warnings")),
+            forced=d.get("forced") is True,
         )
 
     @property
@@ -341,11 +373,13 @@ class RunRecord:
     wall_seconds: float | None = None
     output_mpp: float | None = None  # resolved
     shard: tuple[int, int] | None = None
+    notice: str = ""  # the model card's (`wsiseg.models.checkpoint.model_notice`)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
+            "notice": self.notice,
             "model": self.model,
             "model_sha256": self.model_sha256,
             "model_config": dict(self.model_config),
@@ -378,5 +412,6 @@ class RunRecord:
             wall_seconds=_num(d.get("wall_seconds")),
             output_mpp=_num(d.get("output_mpp")),
             shard=(sh[0], sh[1]) if len(sh) == 2 else None,
+            notice=_str(d.get("notice")),
             schema_version=_int(d.get("schema_version"), 0),
         )
