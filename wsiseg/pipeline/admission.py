@@ -181,7 +181,7 @@ def admit_slide(
     out = Admission()
     evidence = fluorescence_evidence(reader.properties)
     if evidence:
-        out.refusals.append(f"not a brightfield scan ({evidence})")
+        out.refusals.append(f"not a brightfield scan (fluorescence: {evidence})")
     mpp = reader.mpp[0]
     task = model_config.task_mpp
     if mpp > MAX_MPP_RATIO * task:
@@ -213,5 +213,5 @@ def admit_slide(
                 )
     if out.refusals and force:
         out.forced = True
-        log.warning("%s: refused but forced: %s", reader.path, out.reason)
+        log.info("%s: refused but forced: %s", reader.path, out.reason)
     return out

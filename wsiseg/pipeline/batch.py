@@ -11,7 +11,8 @@
 3. each slide runs under the lock of its output folder (`slide_lock`): a slide held by
    another run is put back and taken up again after the others (then waiting for
    the lock), so two runs never write one folder; inside, `segment_slide` decides
-   skip / refuse / redo from the recorded `ResumeIdentity`;
+   skip / refuse / redo from the recorded `ResumeIdentity`, then checks the slide
+   against the model (`wsiseg.pipeline.admission`: refused unless ``force``);
 4. the run's record goes to ``run.json`` (or ``run-shard-i-of-N.json``) and is merged,
    under the lock of the run files, into ``OUT/run.json`` with every earlier record
    (keyed by output name; a refusal never replaces a slide's done record), and
@@ -76,8 +77,9 @@ class BatchSettings:
     """Everything a batch needs besides its inputs and output folder.
 
     ``workers`` are local worker processes (or SLURM jobs); ``shard`` is ``(i, N)``;
-    ``check`` is called with each opened slide before its regions run (admission
-    checks: raise a `WsisegError` to refuse the slide).
+    ``check`` is called with each opened slide before its regions run (extra checks:
+    raise a `WsisegError` to fail the slide); ``force`` segments slides the admission
+    checks refuse (recorded as ``forced`` with the refusals overridden).
     """
 
     model: str = "default"
@@ -90,6 +92,7 @@ class BatchSettings:
     shard: tuple[int, int] | None = None
     overwrite: bool = False
     check: SlideCheck | None = None
+    force: bool = False
 
 
 class BatchProgress(Protocol):
@@ -180,6 +183,7 @@ def merge_run_file(out: Path, record: RunRecord) -> RunRecord:
             slides=tuple(slides),
             wall_seconds=record.wall_seconds,
             output_mpp=record.output_mpp,
+            notice=record.notice,
         )
         _write_json(out / RUN_FILE, merged)
         write_report(out / REPORT_FILE, merged, [(s, _summary_of(s)) for s in merged.slides])
@@ -213,12 +217,22 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def _record(outcome: SlideOutcome, name: str) -> SlideRecord:
+    adm, summary = outcome.admission, outcome.summary
+    if adm is not None:
+        refusals, warnings, forced = tuple(adm.refusals), tuple(adm.warnings), adm.forced
+    elif summary is not None:  # skipped: as recorded when it was done
+        refusals, warnings, forced = summary.refusals, summary.warnings, summary.forced
+    else:
+        refusals, warnings, forced = (), (), False
     return SlideRecord(
         slide=outcome.slide,
         status=outcome.status,
         message=outcome.message,
         out=str(outcome.out_dir) if outcome.out_dir else None,
         name=name,
+        refusals=refusals,
+        warnings=warnings,
+        forced=forced,
     )
 
 
@@ -281,6 +295,7 @@ def run_batch(
         wall_seconds=round(time.perf_counter() - t_run, 3),
         output_mpp=output_mpp,
         shard=settings.shard,
+        notice=info.notice,
     )
     if settings.shard is not None:
         i, n = settings.shard
@@ -347,6 +362,7 @@ def _one_slide(
             on_region=progress.region_done,
             name=name,
             check=settings.check,
+            force=settings.force,
         )
     except Exception as exc:  # noqa: BLE001 - one slide's bug must not end the batch
         log.debug("%s: unexpected error", path, exc_info=True)

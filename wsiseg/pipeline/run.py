@@ -4,8 +4,10 @@ Per slide ``OUT/<name>/``: ``mask.ome.tif``, ``annotations.geojson``, ``summary.
 ``overlay.png``. Each is written under a temporary name and renamed, and
 ``summary.json`` (a `SlideSummary`) is written last: a slide counts as done only when
 it exists. A rerun skips slides done with the same `ResumeIdentity` and refuses to
-replace slides done with other inputs unless ``overwrite``. The batch around this
-(discovery, names, locks, run.json) is `wsiseg.pipeline.batch`.
+replace slides done with other inputs unless ``overwrite``. A slide the model cannot
+read (`wsiseg.pipeline.admission`) is refused before its tissue is looked for, and
+nothing is written for it, unless ``force``. The batch around this (discovery, names,
+locks, run.json) is `wsiseg.pipeline.batch`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import platform
 import shutil
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,10 @@ from wsiseg.geometry import polygons_to_mask
 from wsiseg.io import open_slide
 from wsiseg.io.names import folder_claim, safe_name, slide_checksum, slide_fingerprint
 from wsiseg.io.reader import BaseSlideReader, is_plausible_mpp
-from wsiseg.models.checkpoint import read_checkpoint_metadata
+from wsiseg.models.checkpoint import model_notice, read_checkpoint_metadata
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.loading import check_model, resolve_model_path
+from wsiseg.pipeline.admission import Admission, admit_slide
 from wsiseg.pipeline.cluster import task_resources
 from wsiseg.pipeline.config import SegmentConfig
 from wsiseg.pipeline.outputs import ClassArea, ResumeIdentity, RoiRecord, SlideSummary
@@ -77,11 +80,17 @@ OUTPUT_FILES = (
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the driver needs to know about a model without loading its weights."""
+    """What the driver needs to know about a model without loading its weights.
+
+    ``metadata`` is the checkpoint's config JSON (read once per run: the admission
+    checks compare its ``colour_stats``); ``notice`` its model card's notice.
+    """
 
     path: Path
     sha256: str
     config: ModelConfig
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    notice: str = ""
 
 
 def checked_model(model: str | Path) -> ModelInfo:
@@ -95,18 +104,29 @@ def model_info(model: str | Path) -> ModelInfo:
     path = resolve_model_path(model)
     meta = read_checkpoint_metadata(path)
     cfg = ModelConfig.from_dict(meta.config["model"])
-    return ModelInfo(path=meta.weights_path, sha256=meta.sha256, config=cfg)
+    return ModelInfo(
+        path=meta.weights_path,
+        sha256=meta.sha256,
+        config=cfg,
+        metadata=meta.config,
+        notice=model_notice(meta.config),
+    )
 
 
 @dataclass
 class SlideOutcome:
-    """How one slide went: ``done``, ``skipped``, ``no tissue``, ``refused`` or ``failed``."""
+    """How one slide went: ``done``, ``skipped``, ``no tissue``, ``refused`` or ``failed``.
+
+    ``admission``: the admission checks' outcome, when they ran (not for a skipped slide:
+    its summary records them).
+    """
 
     slide: str
     status: str
     out_dir: Path | None = None
     message: str = ""
     summary: SlideSummary | None = None
+    admission: Admission | None = None
 
 
 class Refused(InputError):
@@ -203,6 +223,7 @@ def segment_slide(
     on_region: Callable[[int, int], None] | None = None,
     name: str | None = None,
     check: SlideCheck | None = None,
+    force: bool = False,
 ) -> SlideOutcome:
     """Segment one slide into ``out_root/<name>/``; errors become a failed outcome.
 
@@ -210,7 +231,11 @@ def segment_slide(
     results or other files is never written into, even with ``overwrite``. Results
     with the same `ResumeIdentity` are skipped; results of other inputs are refused
     (``refused``) unless ``overwrite``. ``check`` is called with the opened slide
-    before its regions run (admission checks); its `WsisegError` fails the slide.
+    before its regions run; its `WsisegError` fails the slide. Then `admit_slide`
+    checks the slide against the model: a slide it refuses is ``refused`` (nothing
+    written) unless ``force``; a forced slide's summary records ``forced`` and the
+    refusals overridden. ``force`` is not part of the resume identity (the outputs do
+    not depend on it): a slide done earlier, forced or not, is skipped.
     The caller serialises runs on one folder (`wsiseg.pipeline.batch` locks it).
     """
     t_start = time.perf_counter()
@@ -252,9 +277,21 @@ def segment_slide(
                     )
             if check is not None:
                 check(reader)
-            ref = reader.ref()
-            tissue = detect_tissue(reader, TissueParams(thumb_mpp=config.thumb_mpp))
+            # One thumbnail for the admission checks, tissue detection and the outputs.
             thumb = reader.thumbnail(config.thumb_mpp)
+            admission = admit_slide(reader, cfg, model.metadata, force, thumbnail=thumb)
+            if not admission.admitted:
+                return SlideOutcome(
+                    str(slide),
+                    "refused",
+                    None,
+                    f"refused: {admission.reason} (--force segments it anyway)",
+                    admission=admission,
+                )
+            ref = reader.ref()
+            tissue = detect_tissue(
+                reader, TissueParams(thumb_mpp=config.thumb_mpp), thumbnail=thumb
+            )
             plan = plan_regions(
                 reader.level_dimensions[0],
                 mpp0,
@@ -267,7 +304,9 @@ def segment_slide(
                 roi=roi,
             )
         if not plan.regions:
-            return SlideOutcome(str(slide), "no tissue", None, "no tissue found on the slide")
+            return SlideOutcome(
+                str(slide), "no tissue", None, "no tissue found on the slide", admission=admission
+            )
         slide_id = slide_checksum(slide)
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob(".work-*"):  # scratch of a killed run on this slide
@@ -302,10 +341,14 @@ def segment_slide(
             summary,
             wall_seconds=round(time.perf_counter() - t_start, 3),
             mpp_source=mpp_source,
+            forced=admission.forced,
+            refusals=tuple(admission.refusals) if admission.forced else (),
+            warnings=tuple(admission.warnings),
+            notice=model.notice,
         )
         with atomic_path(out_dir / "summary.json", overwrite=True) as tmp:
             tmp.write_text(json.dumps(summary.to_json(), indent=2) + "\n")
-        return SlideOutcome(str(slide), "done", out_dir, "", summary)
+        return SlideOutcome(str(slide), "done", out_dir, "", summary, admission)
     except Refused as exc:
         return SlideOutcome(str(slide), "refused", None, str(exc))
     except (WsisegError, OSError, ValueError) as exc:
