@@ -229,6 +229,43 @@ def test_report_sections_images_and_escaping(tmp_path: Path) -> None:
     assert "0.107" in text  # pixels decoded per tissue pixel
 
 
+def test_refusals_forced_warnings_and_notice(tmp_path: Path) -> None:
+    """Refused and forced slides, admission warnings and the model card's notice (escaped)."""
+    from wsiseg.models.checkpoint import DEFAULT_NOTICE
+
+    good = _slide_folder(tmp_path / "out" / "forced")
+    coarse = "pixel size 16.8 µm/px is 33.6x coarser than the model's 0.5 µm/px <x>"
+    slides = [
+        {
+            "slide": "/slides/dapi.ndpi",
+            "status": "refused",
+            "message": "refused: not a brightfield scan (fluorescence: ...)",
+            "refusals": ["not a brightfield scan (fluorescence: ...)"],
+            "out": None,
+        },
+        {
+            "slide": "/slides/coarse.dcm",
+            "status": "done",
+            "out": str(good),
+            "refusals": [coarse],
+            "warnings": ["tissue colour is far from the model's training images"],
+            "forced": True,
+            "summary": _summary(),
+        },
+    ]
+    run = {**_run(), "notice": 'Research model <GlaS terms> & "not for diagnosis"'}
+    text = render_report(run, slides)
+    _parse(text)
+    escaped = "Research model &lt;GlaS terms&gt; &amp; &quot;not for diagnosis&quot;"
+    assert text.count(escaped) == 4  # printed page foot, header, both slide sections
+    assert "Refused." in text and "not a brightfield scan (fluorescence: ...)" in text
+    assert "Segmented with --force." in text and "33.6x coarser" in text
+    assert "&lt;x&gt;" in text and "<x>" not in text
+    assert "<strong>Warning.</strong>tissue colour is far from the model&#x27;s" in text
+    # A run recorded before notices existed: the default notice.
+    assert DEFAULT_NOTICE in render_report(_run(), slides)
+
+
 def test_missing_and_broken_images_give_notes(tmp_path: Path) -> None:
     folder = tmp_path / "out" / "s"
     folder.mkdir(parents=True)

@@ -6,8 +6,11 @@ there is no JavaScript. The page has a header with the run's settings, a table o
 every slide with its status and class fractions, then one section per slide
 (``<section class="slide" id="...">``) with its thumbnail, the overlay (mask,
 learned sampling density and legend, as drawn by :mod:`wsiseg.export.overlay`),
-the class areas, key figures and warnings (failures, no tissue, pixel size given
-with ``--mpp``). All text is escaped; missing or unreadable images give a note.
+the class areas, key figures and warnings (failures, refusals, slides segmented
+with ``--force``, admission warnings, no tissue, pixel size given with ``--mpp``).
+The model card's notice (``run.json`` ``notice``, e.g. "not for diagnosis") is on
+the header, on every slide's section and, printed, at the foot of every page. All
+text is escaped; missing or unreadable images give a note.
 
 Records in, a file out: the run, slide and summary records are read through the
 protocols below (`wsiseg.pipeline.outputs` defines the records that satisfy them;
@@ -32,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 
 from wsiseg import __version__
 from wsiseg.fileops import atomic_path
+from wsiseg.models.checkpoint import DEFAULT_NOTICE
 
 __all__ = [
     "STATUS_LABELS",
@@ -101,7 +105,7 @@ class SummaryView(Protocol):
 
 
 class SlideView(Protocol):
-    """One slide's line of the run: path, status, message, output folder."""
+    """One slide's line of the run: path, status, message, output folder, admission."""
 
     @property
     def slide(self) -> str: ...
@@ -111,6 +115,12 @@ class SlideView(Protocol):
     def message(self) -> str: ...
     @property
     def out(self) -> str | None: ...
+    @property
+    def refusals(self) -> Sequence[str]: ...
+    @property
+    def warnings(self) -> Sequence[str]: ...
+    @property
+    def forced(self) -> bool: ...
 
 
 class RunView(Protocol):
@@ -132,6 +142,8 @@ class RunView(Protocol):
     def workers(self) -> int | None: ...
     @property
     def wall_seconds(self) -> float | None: ...
+    @property
+    def notice(self) -> str: ...
 
 
 #: A slide and its summary (None when it has no results).
@@ -229,6 +241,9 @@ dl.figures dd small { font-weight: 400; color: var(--muted); }
 .phases span { white-space: nowrap; }
 .phases b { color: var(--ink); font-weight: 600; font-variant-numeric: tabular-nums; }
 footer { color: var(--muted); font-size: 12px; text-align: center; margin-top: 8px; }
+.notice { background: var(--warn-bg); border: 1px solid #f0d9a0; color: var(--warn);
+  border-radius: 6px; padding: 6px 12px; margin: 0 0 14px; font-size: 13px; font-weight: 600; }
+.notice.page { display: none; }
 @media (max-width: 900px) {
   dl.settings { grid-template-columns: repeat(2, minmax(0, 1fr)); }
   .details { grid-template-columns: minmax(0, 1fr); }
@@ -236,6 +251,8 @@ footer { color: var(--muted); font-size: 12px; text-align: center; margin-top: 8
 @media print {
   body { background: #fff; }
   .card { box-shadow: none; break-inside: avoid; }
+  .notice.page { display: block; position: fixed; bottom: 0; left: 0; right: 0; margin: 0; }
+  main { padding-bottom: 48px; }
 }
 """
 
@@ -411,6 +428,15 @@ def _budget(model_cfg: Mapping[str, Any]) -> str:
     return f"{frac} of pixels ({sample:g}\u00b2 samples per {region:g}\u00b2 region)"
 
 
+def _notice_text(run: RunView) -> str:
+    """The model card's notice (a run recorded without one: the default notice)."""
+    return run.notice or DEFAULT_NOTICE
+
+
+def _notice(run: RunView, kind: str = "") -> str:
+    return f'<p class="notice{" " + kind if kind else ""}">{_e(_notice_text(run))}</p>'
+
+
 def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
     """The page header: title, run settings and a count of slides by status."""
     mc, sc = run.model_config, run.segment_config
@@ -460,8 +486,7 @@ def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
         '<header class="card">'
         "<h1>Segmentation report</h1>"
         f'<p class="sub">{n} slide{"s" if n != 1 else ""} \u00b7 generated {_e(now)} '
-        f"by wsiseg {_e(__version__)}</p>"
-        f'<dl class="settings">{settings}</dl>'
+        f"by wsiseg {_e(__version__)}</p>" + _notice(run) + f'<dl class="settings">{settings}</dl>'
         f'<div class="counts">{badges}</div>'
         "</header>"
     )
@@ -495,7 +520,8 @@ def _overview(
         secs = _seconds(summary)
         message = s.message
         if status in ("done", "skipped"):
-            message = ""
+            notes = [f"forced: {'; '.join(s.refusals)}"] if s.forced else []
+            message = "; ".join(notes + [f"warning: {w}" for w in s.warnings])
         short = message if len(message) <= 140 else message[:139] + "\u2026"
         rows.append(
             f'<tr><td class="num">{i + 1}</td>'
@@ -642,6 +668,7 @@ def _slide_section(
     anchor: str,
     background: str | None,
     colours: Mapping[str, str],
+    notice: str,
 ) -> str:
     """One slide's ``<section>``: name, status, warnings, images, tables."""
     path = slide.slide
@@ -671,6 +698,15 @@ def _slide_section(
         )
     elif status != "done":
         alerts.append(f'<div class="alert warn"><strong>{_e(status)}</strong>{_e(message)}</div>')
+    if slide.forced and status != "refused":
+        overridden = "".join(f"<li>{_e(r)}</li>" for r in slide.refusals)
+        alerts.append(
+            '<div class="alert error"><strong>Segmented with --force.</strong>The model '
+            f"was not made for this slide; the checks refused it:<ul>{overridden}</ul>"
+            "Read these results with that in mind.</div>"
+        )
+    for text in slide.warnings:
+        alerts.append(f'<div class="alert warn"><strong>Warning.</strong>{_e(text)}</div>')
     if summary is not None and summary.mpp_source == "override":
         mpp = _num(summary.slide_mpp) or None
         alerts.append(
@@ -696,7 +732,11 @@ def _slide_section(
         f'<section class="slide card" id="{anchor}">'
         f'<div class="slide-head"><span class="idx">{index + 1}</span>'
         f"<h2>{_e(name)}</h2>{_badge(status)}</div>"
-        f'<div class="path mono">{_e(path)}{where}</div>' + "".join(alerts) + body + "</section>"
+        f'<div class="path mono">{_e(path)}{where}</div>'
+        + notice
+        + "".join(alerts)
+        + body
+        + "</section>"
     )
 
 
@@ -717,8 +757,9 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
                 if c not in class_names:
                     class_names.append(c)
     anchors = [_anchor(i, _slide_name(s.slide)) for i, (s, _) in enumerate(slides)]
+    notice = _notice(run)
     sections = "".join(
-        _slide_section(i, s, summary, a, background, colours)
+        _slide_section(i, s, summary, a, background, colours, notice)
         for i, ((s, summary), a) in enumerate(zip(slides, anchors, strict=True))
     )
     return (
@@ -728,7 +769,9 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "img-src data:; style-src 'unsafe-inline'\">"
         "<title>wsiseg segmentation report</title>"
-        f"<style>{_CSS}</style></head><body><main>"
+        f"<style>{_CSS}</style></head><body>"
+        + _notice(run, "page")
+        + "<main>"
         + _header(run, slides)
         + _overview(slides, anchors, class_names, colours)
         + sections
