@@ -45,6 +45,10 @@ def _fail(message: str) -> None:
     click.echo(f"error: {shown(message)}", err=True)
 
 
+def _warn(message: str) -> None:
+    click.echo(f"warning: {shown(message)}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wsiseg")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
@@ -567,6 +571,12 @@ class _Bars:
         if self.regions is not None:
             self.regions.close()
             self.regions = None
+        adm = outcome.admission
+        if adm is not None and adm.admitted:  # a refused slide: its error line alone
+            if adm.forced:
+                _warn(f"{outcome.slide}: segmented with --force although refused: {adm.reason}")
+            for text in adm.warnings:
+                _warn(f"{outcome.slide}: {text}")
         if outcome.status in ("failed", "refused"):
             msg = outcome.message
             _fail(msg if outcome.slide in msg else f"{outcome.slide}: {msg}")
@@ -625,6 +635,12 @@ class _Bars:
     help="Label output µm/px (default 4x the model's; the error lists allowed values).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace outputs of other inputs or settings.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Segment slides a check refuses (not brightfield, pixels too coarse for the "
+    "model); the override is recorded.",
+)
 def segment(
     slides: tuple[Path, ...],
     out: Path,
@@ -638,6 +654,7 @@ def segment(
     shard: tuple[int, int] | None,
     output_mpp: float | None,
     overwrite: bool,
+    force: bool,
 ) -> None:
     """Segment slides (files or folders) into masks, QuPath GeoJSON and summaries."""
     from wsiseg.pipeline.batch import BatchSettings, run_batch
@@ -653,6 +670,7 @@ def segment(
         roi=roi,
         shard=shard,
         overwrite=overwrite,
+        force=force,
     )
     bars = _Bars()
     try:
