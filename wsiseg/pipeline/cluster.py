@@ -681,7 +681,9 @@ def open_client(cluster: str = "local", workers: int | None = None) -> Iterator[
                 n_workers=n,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                # A random port: the scheduler's HTTP server binds one even without a
+                # dashboard, and a fixed 8787 warns on stderr when another run holds it.
+                dashboard_address=":0",
                 # Task errors come back to the driver, which names the slide; what the
                 # workers would log besides (heartbeats failing while the cluster
                 # closes, after Ctrl-C) is tracebacks of no use to a user.
