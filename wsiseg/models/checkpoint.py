@@ -150,7 +150,15 @@ def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
         raise CheckpointError(
             f"{p}: not a wsiseg checkpoint; expected NAME.safetensors with NAME.json beside it"
         )
-    return _pair_names(p)
+    weights, config = _pair_names(p)
+    if not weights.is_file() and not config.is_file():
+        if p.is_dir():
+            raise CheckpointError(
+                f"{p}: is a folder, not a checkpoint (expected NAME.safetensors with "
+                "NAME.json beside it)"
+            )
+        _read_json(config, weights, given=p)  # says "not found", or names a pickle twin
+    return weights, config
 
 
 def _pair_names(p: Path) -> tuple[Path, Path]:
@@ -272,15 +280,18 @@ def save_checkpoint(
     return weights_path
 
 
-def _read_json(json_path: Path, weights_path: Path) -> dict[str, Any]:
+def _read_json(json_path: Path, weights_path: Path, given: Path | None = None) -> dict[str, Any]:
     if not json_path.is_file() and not weights_path.is_file():
-        # Nothing under the wsiseg names: say so, pointing at a pickle twin if there is one.
+        # Nothing under the wsiseg names: say so (the name as the user gave it), pointing
+        # at a pickle twin if there is one.
         stem = weights_path.with_suffix("")
         for suffix in sorted(_PICKLE_SUFFIXES):
             twin = stem.with_name(stem.name + suffix)
             if twin.is_file():
                 raise _pickle_refusal(twin)
-        raise CheckpointError(f"{stem}: not found (neither .safetensors nor .json exists)")
+        raise CheckpointError(
+            f"{given or stem}: not found (neither {weights_path.name} nor {json_path.name} exists)"
+        )
     if not json_path.is_file():
         raise CheckpointError(
             f"{json_path}: checkpoint config missing (expected beside {weights_path.name})"
