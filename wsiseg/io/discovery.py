@@ -229,8 +229,9 @@ def _identity(path: Path) -> object:
 def discover_slides(inputs: Sequence[Path]) -> list[Path]:
     """The slides named by ``inputs``: files as given, folders searched recursively.
 
-    A slide reached twice (``slide.tiff`` and ``sub/../slide.tiff``, a file and its
-    folder, two files of one DICOM series) is kept once, where it first appears. Paths
+    A slide reached twice (``slide.tiff`` and ``sub/../slide.tiff``, a symlink and its
+    target, a file and its folder, two files of one DICOM series) is kept once, where
+    it first appears, with a warning naming both paths when they differ. Paths
     that are neither files nor folders are kept, so that opening them names the problem.
 
     Raises
@@ -242,9 +243,13 @@ def discover_slides(inputs: Sequence[Path]) -> list[Path]:
     for p in inputs:
         found.extend(_folder_slides(p) if _is_dir(p) else [(p, _identity(p))])
     out: list[Path] = []
-    seen: set[object] = set()
+    seen: dict[object, Path] = {}
     for path, key in found:
-        if key not in seen:
-            seen.add(key)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = path
             out.append(path)
+        elif first != path:
+            what = "slide" if isinstance(key, tuple) else "file"  # DICOM: a series
+            log.warning("%s is the same %s as %s: segmented once", path, what, first)
     return out
