@@ -25,11 +25,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 BACKEND_CHOICE = click.Choice(["auto", "openslide", "tiffslide"])
 
 
+class _ShownFormatter(logging.Formatter):
+    """Log lines with control characters in their message escaped (see `shown`)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = shown(record.message)
+        return super().formatMessage(record)
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s", force=True
     )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
     # tifffile logs every malformed IFD it meets; our own error line says it once.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
     if verbose < 2:
@@ -87,9 +97,9 @@ def _format_info(info: dict[str, Any]) -> str:
     mpp_text = f"{mpp[0]:.4f} x {mpp[1]:.4f} µm/px" if mpp else f"unknown ({info['mpp_problem']})"
     tile = info["tile_size"]
     lines = [
-        f"{info['path']}",
+        shown(info["path"]),
         f"  backend   {info['backend']}",
-        f"  vendor    {info['vendor'] or '-'}",
+        f"  vendor    {shown(info['vendor'] or '-')}",
         f"  mpp       {mpp_text}",
         f"  objective {info['objective_power'] or '-'}",
         f"  tile      {f'{tile[0]} x {tile[1]}' if tile else 'untiled'}",
@@ -541,7 +551,9 @@ def shown(text: object) -> str:
 
 
 class _Bars:
-    """tqdm bars on stderr for `wsiseg.pipeline.batch.run_batch`; errors printed as they come."""
+    """tqdm bars on stderr for `wsiseg.pipeline.batch.run_batch` (on a terminal only: a
+    log file gets no cursor moves); errors and warnings printed as they come, through
+    tqdm so that they start their own line."""
 
     def __init__(self) -> None:
         from tqdm import tqdm
@@ -550,13 +562,17 @@ class _Bars:
         self.slides: Any = None
         self.regions: Any = None
 
+    def _bar(self, **kwargs: Any) -> Any:
+        return self._tqdm(file=sys.stderr, disable=None, **kwargs)  # None: off unless a tty
+
+    def _say(self, kind: str, message: str) -> None:
+        self._tqdm.write(f"{kind}: {shown(message)}", file=sys.stderr)
+
     def slide_started(self, slide: Path, index: int, total: int) -> None:
         if self.slides is None:
-            self.slides = self._tqdm(total=total, desc="slides", unit="slide", file=sys.stderr)
+            self.slides = self._bar(total=total, desc="slides", unit="slide")
         self.slides.set_postfix_str(shown(slide.name))
-        self.regions = self._tqdm(
-            desc=f"  {shown(slide.name)}", unit="region", file=sys.stderr, leave=False
-        )
+        self.regions = self._bar(desc=f"  {shown(slide.name)}", unit="region", leave=False)
 
     def region_done(self, done: int, total: int) -> None:
         if self.regions is not None:
@@ -574,12 +590,13 @@ class _Bars:
         adm = outcome.admission
         if adm is not None and adm.admitted:  # a refused slide: its error line alone
             if adm.forced:
-                _warn(f"{outcome.slide}: segmented with --force although refused: {adm.reason}")
+                msg = f"{outcome.slide}: segmented with --force although refused: {adm.reason}"
+                self._say("warning", msg)
             for text in adm.warnings:
-                _warn(f"{outcome.slide}: {text}")
+                self._say("warning", f"{outcome.slide}: {text}")
         if outcome.status in ("failed", "refused"):
             msg = outcome.message
-            _fail(msg if outcome.slide in msg else f"{outcome.slide}: {msg}")
+            self._say("error", msg if outcome.slide in msg else f"{outcome.slide}: {msg}")
         elif outcome.status == "no tissue":
             log.warning("%s: no tissue found; nothing written", shown(outcome.slide))
         if self.slides is not None:

@@ -205,7 +205,12 @@ class BaseSlideReader(ABC):
 
     @property
     def mpp(self) -> tuple[float, float]:
-        return resolve_mpp(self.mpp_reported, self.mpp_override, name=self.path.name)
+        # Resolved once per reader: an ignored --mpp is warned about once.
+        cached: tuple[float, float] | None = getattr(self, "_mpp", None)
+        if cached is None:
+            cached = resolve_mpp(self.mpp_reported, self.mpp_override, name=self.path.name)
+            self._mpp = cached
+        return cached
 
     @property
     def objective_power(self) -> float | None:
@@ -235,7 +240,10 @@ class BaseSlideReader(ABC):
         return None
 
     def ref(self) -> SlideRef:
-        return SlideRef(str(self.path), self.backend, self.mpp_override)
+        # An override the metadata makes moot stays here (workers need not warn again).
+        mx, my = self.mpp_reported
+        moot = is_plausible_mpp(mx) and is_plausible_mpp(my if my is not None else mx)
+        return SlideRef(str(self.path), self.backend, None if moot else self.mpp_override)
 
     # -- pixels ----------------------------------------------------------------------
     def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:

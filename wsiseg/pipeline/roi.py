@@ -11,7 +11,10 @@ from shapely.geometry.base import BaseGeometry
 from wsiseg.errors import InputError
 from wsiseg.io.geojson import read_geojson_areas
 
-__all__ = ["clip_roi_to_slide", "load_roi"]
+__all__ = ["MAX_ROI_COORD", "clip_roi_to_slide", "load_roi"]
+
+#: Largest ROI coordinate taken (level-0 pixels: 1e9 px is 250 m at 0.25 µm/px).
+MAX_ROI_COORD = 1e9
 
 
 def load_roi(path: Path) -> BaseGeometry:
@@ -19,7 +22,7 @@ def load_roi(path: Path) -> BaseGeometry:
 
     Read and repaired by :func:`wsiseg.io.geojson.read_geojson_areas`; a file without
     areas, or one it refuses (e.g. a coordinate that is not a finite number), is an error
-    starting ``--roi PATH:``.
+    starting ``--roi PATH:``; so is a coordinate beyond `MAX_ROI_COORD`.
     """
     try:
         areas = read_geojson_areas(path)
@@ -27,7 +30,15 @@ def load_roi(path: Path) -> BaseGeometry:
         raise InputError(f"--roi {exc}") from exc
     if not areas:
         raise InputError(f"--roi {path}: no polygons found")
-    return shapely.union_all([a.geometry for a in areas])
+    roi = shapely.union_all([a.geometry for a in areas])
+    # Finite but huge coordinates overflow GEOS (warnings, and wrong clipped areas).
+    far = max(abs(v) for v in roi.bounds)
+    if not far <= MAX_ROI_COORD:
+        raise InputError(
+            f"--roi {path}: a coordinate ({far:.3g}) lies far beyond any slide "
+            f"(level-0 pixels; at most {MAX_ROI_COORD:.0e})"
+        )
+    return roi
 
 
 def clip_roi_to_slide(roi: BaseGeometry, size: tuple[int, int]) -> BaseGeometry:
