@@ -97,9 +97,11 @@ def allowed_output_mpps(task_mpp: float, region_px: int, margin_px: int) -> list
     return sorted(core * task_mpp / k for k in range(1, core + 1) if (margin_px * k) % core == 0)
 
 
-def check_output_mpp(output_mpp: float, task_mpp: float, region_px: int, margin_px: int) -> None:
-    """Refuse an ``--output-mpp`` the model's region geometry cannot tile, listing the
-    allowed values (those with at most three decimals; others lie between them).
+def check_output_mpp(output_mpp: float, task_mpp: float, region_px: int, margin_px: int) -> float:
+    """The allowed output pixel size ``output_mpp`` stands for (within a relative 1e-6 of
+    it: that value exactly, so reruns compare equal); refuse one the model's region
+    geometry cannot tile, listing the allowed values (those with at most three
+    decimals; others lie between them).
 
     Raises
     ------
@@ -107,14 +109,15 @@ def check_output_mpp(output_mpp: float, task_mpp: float, region_px: int, margin_
         ``output_mpp`` not finite and positive, or not one of `allowed_output_mpps`.
     """
     if not math.isfinite(output_mpp) or output_mpp <= 0:
-        raise InputError(f"--output-mpp {output_mpp:g}: must be a finite number > 0")
+        raise InputError(f"--output-mpp {output_mpp:.10g}: must be a finite number > 0")
     allowed = allowed_output_mpps(task_mpp, region_px, margin_px)
-    if any(abs(a - output_mpp) <= 1e-9 * max(1.0, a) for a in allowed):
-        return
+    for a in allowed:
+        if abs(a - output_mpp) <= 1e-6 * a:
+            return a
     nice = [a for a in allowed if abs(round(a, 3) - a) < 1e-9] or allowed[:12]
     listed = ", ".join(f"{a:g}" for a in nice[:16])
     raise InputError(
-        f"--output-mpp {output_mpp:g}: the model's region core ({region_px - 2 * margin_px} px "
+        f"--output-mpp {output_mpp:.10g}: the model's region core ({region_px - 2 * margin_px} px "
         f"at {task_mpp:g} µm/px) must be a whole number of output pixels; allowed: {listed}"
     )
 

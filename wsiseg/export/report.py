@@ -444,7 +444,14 @@ def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
     sha = run.model_sha256
     task_mpp = _num(mc.get("task_mpp"))
     out_mpp = _num(sc.get("output_mpp"))
-    if out_mpp is None and run.output_mpp is not None:
+    # Slides kept from earlier runs may have other output pixel sizes than this run's.
+    per_slide = sorted({v for _, m in slides if m is not None and (v := _num(m.output_mpp))})
+    if len(per_slide) > 1:
+        listed = ", ".join(f"{v:.6g}" for v in per_slide)
+        out_mpp_text = f"varies: {listed} µm/px <small>(see each slide)</small>"
+    elif per_slide and per_slide[0] != (out_mpp or run.output_mpp):
+        out_mpp_text = f"{_fmt(per_slide[0])} µm/px"
+    elif out_mpp is None and run.output_mpp is not None:
         out_mpp_text = f"{_fmt(run.output_mpp)} µm/px <small>(default)</small>"
     elif out_mpp is not None:
         out_mpp_text = f"{_fmt(out_mpp)} µm/px"

@@ -7,7 +7,10 @@ hidden, never ``..``, never taken for an option), at most `MAX_NAME_BYTES` bytes
 Slides whose names collide (``a/s.svs`` and ``b/s.svs``, ``s.svs`` and ``s.tiff``,
 names differing only in case) or whose folder already holds another slide's
 results or unrelated files get the name plus ``-`` and 8 hex digits of a hash of
-their absolute path (`assign_output_names`); `folder_claim` is the check.
+their absolute path (`assign_output_names`); `folder_claim` is the check. Names are
+stable across batches: a slide whose results already lie in a folder of ``OUT``
+(its ``summary.json`` names the same resolved path) keeps that folder, whichever
+other slides the batch holds; and no two folders differ only in case.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
     "assign_output_names",
     "folder_claim",
     "path_hash",
+    "resolved_path",
     "safe_name",
     "slide_checksum",
     "slide_fingerprint",
@@ -43,6 +47,14 @@ MAX_NAME_BYTES = 120
 _RUN_FILES = re.compile(r"(run|report)(-shard-\d+-of-\d+)?\.(json|html)", re.IGNORECASE)
 
 Claim = Literal["free", "own", "other"]
+
+
+def resolved_path(path: str | os.PathLike[str]) -> Path:
+    """The absolute path with symlinks resolved (lexically absolute if that fails)."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # e.g. a symlink loop
+        return Path(os.path.abspath(path))
 
 
 def path_hash(path: str | os.PathLike[str]) -> str:
@@ -179,7 +191,7 @@ def _summary_slide(out_dir: Path) -> tuple[str | None, str | None] | None:
         return (None, None)  # unreadable: belongs to nobody we can name
     if not isinstance(data, dict):
         return (None, None)
-    slide, sid = data.get("slide"), data.get("slide_id")
+    slide, sid = data.get("slide_path") or data.get("slide"), data.get("slide_id")
     return (slide if isinstance(slide, str) else None, sid if isinstance(sid, str) else None)
 
 
@@ -204,7 +216,10 @@ def folder_claim(out_dir: Path, slide: Path, output_files: Collection[str]) -> C
 
 
 def _is_same_slide(slide: Path, recorded_path: str | None, recorded_id: str | None) -> bool:
-    if recorded_path is not None and os.path.abspath(recorded_path) == os.path.abspath(slide):
+    if recorded_path is not None and (
+        os.path.abspath(recorded_path) == os.path.abspath(slide)
+        or resolved_path(recorded_path) == resolved_path(slide)
+    ):
         return True
     if recorded_id is None:
         return False
@@ -226,14 +241,25 @@ def assign_output_names(
         If even the hashed name is taken (the same path given twice, or a folder of
         that name holding something else).
     """
+    existing = _existing_folders(out_root)
+    kept = _kept_folders(existing, out_root)
     taken: dict[str, Path] = {}
+    own: dict[int, str] = {}  # slide index -> folder already holding its results
+    for i, slide in enumerate(slides):
+        name = kept.get(resolved_path(slide))
+        if name is not None and name.casefold() not in taken:
+            own[i] = name
+            taken[name.casefold()] = slide
     names: list[str] = []
-    for slide in slides:
+    for i, slide in enumerate(slides):
+        if i in own:
+            names.append(own[i])
+            continue
         base = safe_name(slide)
         name = base
         for candidate in (base, _truncate(f"{base}-{path_hash(slide)}", MAX_NAME_BYTES + 9)):
             name = candidate
-            if _usable(candidate, slide, taken, out_root, output_files):
+            if _usable(candidate, slide, taken, existing, out_root, output_files):
                 break
         else:
             raise InputError(
@@ -247,13 +273,57 @@ def assign_output_names(
     return names
 
 
+def _existing_folders(out_root: Path) -> dict[str, list[str]]:
+    """Names in ``out_root`` (not hidden) by their case-folded form."""
+    found: dict[str, list[str]] = {}
+    try:
+        entries = sorted(os.listdir(out_root))
+    except OSError:  # missing (a first run) or unreadable: nothing to reuse
+        return found
+    for entry in entries:
+        if not entry.startswith("."):
+            found.setdefault(entry.casefold(), []).append(entry)
+    return found
+
+
+def _kept_folders(existing: dict[str, list[str]], out_root: Path) -> dict[Path, str]:
+    """Resolved slide path -> the folder of ``out_root`` holding its results."""
+    kept: dict[Path, str] = {}
+    for entry in sorted(e for names in existing.values() for e in names):
+        folder = out_root / entry
+        if folder.is_symlink() or not _is_dir(folder):
+            continue
+        recorded = _summary_path(folder)
+        if recorded is not None:
+            kept.setdefault(resolved_path(recorded), entry)
+    return kept
+
+
+def _summary_path(out_dir: Path) -> str | None:
+    """The slide path ``out_dir/summary.json`` records (resolved if recorded so)."""
+    try:
+        data = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    for key in ("slide_path", "slide"):  # older summaries: the path as given
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _usable(
     name: str,
     slide: Path,
     taken: dict[str, Path],
+    existing: dict[str, list[str]],
     out_root: Path,
     output_files: Collection[str],
 ) -> bool:
     if name.casefold() in taken or _RUN_FILES.fullmatch(name):
         return False
+    if any(other != name for other in existing.get(name.casefold(), ())):
+        return False  # "S" beside "s": one folder on a case-insensitive share
     return folder_claim(out_root / name, slide, output_files) != "other"

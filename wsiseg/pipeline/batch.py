@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -194,7 +194,8 @@ def merge_run_file(out: Path, record: RunRecord) -> RunRecord:
 
 
 def prepare_model(settings: BatchSettings) -> tuple[ModelInfo, float]:
-    """Verify the model once and resolve the output pixel size against its geometry.
+    """Verify the model once and resolve the output pixel size against its geometry
+    (a value within a relative 1e-6 of an allowed one becomes that one).
 
     Raises
     ------
@@ -204,7 +205,9 @@ def prepare_model(settings: BatchSettings) -> tuple[ModelInfo, float]:
     info = checked_model(settings.model)
     output_mpp = resolve_output_mpp(info, settings.config)
     cfg = info.config
-    check_output_mpp(output_mpp, cfg.task_mpp, cfg.region_px, settings.config.margin_px)
+    output_mpp = check_output_mpp(
+        output_mpp, cfg.task_mpp, cfg.region_px, settings.config.margin_px
+    )
     return info, output_mpp
 
 
@@ -216,7 +219,7 @@ def _remove_if_empty(folder: Path) -> None:
         pass  # missing, or not empty: leave it
 
 
-def _record(outcome: SlideOutcome, name: str) -> SlideRecord:
+def _record(outcome: SlideOutcome, name: str, info: ModelInfo, output_mpp: float) -> SlideRecord:
     adm, summary = outcome.admission, outcome.summary
     if adm is not None:
         refusals, warnings, forced = tuple(adm.refusals), tuple(adm.warnings), adm.forced
@@ -233,6 +236,11 @@ def _record(outcome: SlideOutcome, name: str) -> SlideRecord:
         refusals=refusals,
         warnings=warnings,
         forced=forced,
+        # what the results came from: a skipped slide's as recorded when it was done
+        model=summary.model if summary else str(info.path),
+        model_sha256=summary.model_sha256 if summary else info.sha256,
+        output_mpp=summary.output_mpp if summary else output_mpp,
+        slide_mpp=summary.slide_mpp if summary else None,
     )
 
 
@@ -263,6 +271,9 @@ def run_batch(
     parse_shard(f"{shard[0]}/{shard[1]}")  # the same checks as the CLI's --shard
     check_workers(settings.cluster, settings.workers)
     info, output_mpp = prepare_model(settings)
+    if config.output_mpp is not None:  # the allowed value it was snapped to
+        config = replace(config, output_mpp=output_mpp)
+        settings = replace(settings, config=config)
     if settings.cluster == "local":
         resolve_device(config.device)  # remote workers may have GPUs the driver lacks
     roi: BaseGeometry | None = load_roi(settings.roi) if settings.roi is not None else None
@@ -281,9 +292,9 @@ def run_batch(
     records: dict[str, SlideRecord] = {}
     if client is None:
         with open_client(settings.cluster, settings.workers) as own:
-            _slide_loop(queue, out, info, settings, own, roi, progress, records)
+            _slide_loop(queue, out, info, output_mpp, settings, own, roi, progress, records)
     else:
-        _slide_loop(queue, out, info, settings, client, roi, progress, records)
+        _slide_loop(queue, out, info, output_mpp, settings, client, roi, progress, records)
     record = RunRecord(
         model=str(info.path),
         model_sha256=info.sha256,
@@ -308,6 +319,7 @@ def _slide_loop(
     queue: list[tuple[Path, str]],
     out: Path,
     info: ModelInfo,
+    output_mpp: float,
     settings: BatchSettings,
     client: Client,
     roi: BaseGeometry | None,
@@ -333,7 +345,7 @@ def _slide_loop(
             log.info("%s: %s is in use by another run; coming back to it", path, out / name)
             deferred.append((path, name))
             continue
-        records[name] = _record(outcome, name)
+        records[name] = _record(outcome, name, info, output_mpp)
         progress.slide_finished(outcome)
 
 

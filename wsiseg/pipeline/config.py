@@ -38,8 +38,12 @@ class SegmentConfig:
         """This config with the output pixel size a run actually uses filled in."""
         return dataclasses.replace(self, output_mpp=float(output_mpp))
 
-    def output_hash(self) -> str:
-        """Hash of the settings that change the outputs (not device or parallelism)."""
+    def output_settings(self) -> dict[str, Any]:
+        """The settings that change the outputs (not device or parallelism)."""
         keys = ("output_mpp", "margin_px", "thumb_mpp", "min_area_um2", "batch_regions")
-        text = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        return {k: getattr(self, k) for k in keys}
+
+    def output_hash(self) -> str:
+        """Hash of `output_settings`."""
+        text = json.dumps(self.output_settings(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

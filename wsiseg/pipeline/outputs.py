@@ -6,8 +6,9 @@ for what they lack). ``SCHEMA_VERSION`` is written into both files.
 
 `ResumeIdentity` is everything that changes a slide's results: the model checksum, the
 *resolved* settings (pixel size actually used, output pixel size, ROI content hash,
-backend actually used, hash of the output-changing segment settings) and the slide's
-content identity (`wsiseg.io.names.slide_fingerprint`). A rerun skips a slide whose
+backend actually used, the output-changing segment settings), the model's config (a hash
+per key of the checkpoint's JSON config, so an edit of the ``.json`` sidecar alone counts)
+and the slide's content identity (`wsiseg.io.names.slide_fingerprint`). A rerun skips a slide whose
 recorded identity equals the new one and refuses (or, with ``--overwrite``, redoes)
 one whose identity differs; `ResumeIdentity.differences` names what differs.
 """
@@ -131,7 +132,16 @@ _IDENTITY_LABELS = {
     "roi_sha256": "--roi",
     "backend": "backend used",
     "settings_hash": "segment settings",
+    "model_config": "model config",
+    "settings": "segment settings",
 }
+
+
+def _show(value: object) -> str:
+    """A recorded value in a refusal line: numbers with enough digits to tell them apart."""
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,11 @@ class ResumeIdentity:
     roi_sha256: str | None
     backend: str
     settings_hash: str
+    # key -> hash of its canonical JSON: the checkpoint config's ``model`` section and
+    # other keys (`wsiseg.pipeline.run.model_config_digest`); empty in older summaries
+    model_config: dict[str, str] = field(default_factory=dict)
+    # the output-changing segment settings (`SegmentConfig.output_settings`)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -162,18 +177,45 @@ class ResumeIdentity:
             roi_sha256=_opt_str(d.get("roi_sha256")),
             backend=_str(d.get("backend")),
             settings_hash=_str(d.get("settings_hash")),
+            model_config={str(k): str(v) for k, v in _mapping(d.get("model_config")).items()},
+            settings=_mapping(d.get("settings")),
         )
 
     def differences(self, new: ResumeIdentity) -> list[str]:
-        """One phrase per differing field, recorded value first (``--mpp ...: 0.5 vs 0.25``)."""
+        """One phrase per differing field, recorded value first (``--mpp ...: 0.5 vs 0.25``).
+
+        The settings are named key by key (``output_mpp`` has its own phrase); their
+        hash is shown only when neither side recorded them (older summaries).
+        """
         out = []
         for f in fields(self):
             old, now = getattr(self, f.name), getattr(new, f.name)
             if old == now:
                 continue
             label = _IDENTITY_LABELS.get(f.name, f.name)
-            if isinstance(old, float) and isinstance(now, float):
-                out.append(f"{label} differs: {old:g} vs {now:g}")
+            if f.name == "model_config":
+                if not old:
+                    out.append(f"{label} not recorded (written by an older wsiseg)")
+                else:
+                    keys = sorted(k for k in old.keys() | now.keys() if old.get(k) != now.get(k))
+                    out.append(f"{label} differs: {', '.join(keys)}")
+            elif f.name == "settings":
+                if not (old and now):
+                    continue  # an older summary: its hash is compared
+                keys = sorted(k for k in old.keys() | now.keys() if old.get(k) != now.get(k))
+                named = [
+                    f"{k} {_show(old.get(k))} vs {_show(now.get(k))}"
+                    for k in keys
+                    if k != "output_mpp"  # has its own phrase
+                ]
+                if named:
+                    out.append(f"{label} differ: {', '.join(named)}")
+            elif f.name == "settings_hash" and (
+                (self.settings and new.settings) or self.output_mpp != new.output_mpp
+            ):
+                continue  # named key by key, or explained by --output-mpp
+            elif isinstance(old, float) and isinstance(now, float):
+                out.append(f"{label} differs: {_show(old)} vs {_show(now)}")
             elif f.name == "backend":
                 out.append(f"{label} differs: {old} vs {now}")
             else:  # hashes: the first 12 digits, "none" for no ROI
@@ -217,6 +259,9 @@ class SlideSummary:
     refusals: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     notice: str = ""
+    # the slide's absolute resolved path (`slide` is as given): a later batch finds the
+    # folder of the same slide by it (`wsiseg.io.names.assign_output_names`)
+    slide_path: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -224,6 +269,7 @@ class SlideSummary:
             "schema_version": self.schema_version,
             "notice": self.notice,
             "slide": self.slide,
+            "slide_path": self.slide_path,
             "slide_id": self.slide_id,
             "model_sha256": self.model_sha256,
             "settings_hash": self.settings_hash,
@@ -289,6 +335,7 @@ class SlideSummary:
             refusals=_strs(d.get("refusals")),
             warnings=_strs(d.get("warnings")),
             notice=_str(d.get("notice")),
+            slide_path=_str(d.get("slide_path")),
             schema_version=_int(d.get("schema_version"), 0),
         )
 
@@ -302,6 +349,9 @@ class SlideRecord:
 
     ``refusals``: why the model cannot read the slide (status ``refused``), or, with
     ``forced``, the refusals ``--force`` overrode; ``warnings``: admission warnings.
+    ``model``, ``model_sha256``, ``output_mpp`` (resolved) and ``slide_mpp`` (used) are
+    those the slide's results came from (a slide done by an earlier run: that run's), or
+    for a slide without results this run's (``slide_mpp`` None); None in older files.
     """
 
     slide: str
@@ -312,6 +362,10 @@ class SlideRecord:
     refusals: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     forced: bool = False
+    model: str | None = None
+    model_sha256: str | None = None
+    output_mpp: float | None = None
+    slide_mpp: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -320,6 +374,10 @@ class SlideRecord:
             "status": self.status,
             "message": self.message,
             "out": self.out,
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "output_mpp": self.output_mpp,
+            "slide_mpp": self.slide_mpp,
             "refusals": list(self.refusals),
             "warnings": list(self.warnings),
             "forced": self.forced,
@@ -337,6 +395,10 @@ class SlideRecord:
             refusals=_strs(d.get("refusals")),
             warnings=_strs(d.get("warnings")),
             forced=d.get("forced") is True,
+            model=_opt_str(d.get("model")),
+            model_sha256=_opt_str(d.get("model_sha256")),
+            output_mpp=_num(d.get("output_mpp")),
+            slide_mpp=_num(d.get("slide_mpp")),
         )
 
     @property
@@ -371,7 +433,7 @@ class RunRecord:
     workers: int | None
     slides: tuple[SlideRecord, ...] = ()
     wall_seconds: float | None = None
-    output_mpp: float | None = None  # resolved
+    output_mpp: float | None = None  # resolved, of the newest run (each slide: its record)
     shard: tuple[int, int] | None = None
     notice: str = ""  # the model card's (`wsiseg.models.checkpoint.model_notice`)
     schema_version: int = SCHEMA_VERSION

@@ -38,7 +38,13 @@ from wsiseg.export.overlay import render_overlay, write_png
 from wsiseg.fileops import atomic_path, remove_stale_temporaries
 from wsiseg.geometry import polygons_to_mask
 from wsiseg.io import open_slide
-from wsiseg.io.names import folder_claim, safe_name, slide_checksum, slide_fingerprint
+from wsiseg.io.names import (
+    folder_claim,
+    resolved_path,
+    safe_name,
+    slide_checksum,
+    slide_fingerprint,
+)
 from wsiseg.io.reader import BaseSlideReader, is_plausible_mpp
 from wsiseg.models.checkpoint import model_notice, read_checkpoint_metadata
 from wsiseg.models.config import ModelConfig
@@ -60,6 +66,7 @@ __all__ = [
     "checked_model",
     "SlideCheck",
     "SlideOutcome",
+    "model_config_digest",
     "model_info",
     "resolve_output_mpp",
     "roi_sha256",
@@ -91,6 +98,7 @@ class ModelInfo:
     config: ModelConfig
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
     notice: str = ""
+    config_digest: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 def checked_model(model: str | Path) -> ModelInfo:
@@ -110,7 +118,28 @@ def model_info(model: str | Path) -> ModelInfo:
         config=cfg,
         metadata=meta.config,
         notice=model_notice(meta.config),
+        config_digest=model_config_digest(meta.config, half=meta.half),
     )
+
+
+def model_config_digest(config: Mapping[str, Any], *, half: bool = False) -> dict[str, str]:
+    """Key -> 16 hex digits of SHA-256 of the value's canonical JSON, for a checkpoint's
+    config: each key of its ``model`` section (``classes``, ``mean``...), then its other
+    keys (``config.KEY`` where a name repeats) and ``half``. Part of the resume identity,
+    so editing the checkpoint's ``.json`` alone is noticed, and named."""
+
+    def digest(value: object) -> str:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    section = config.get("model")
+    out = {str(k): digest(v) for k, v in (section.items() if isinstance(section, Mapping) else ())}
+    rest = {k: v for k, v in config.items() if k != "model"}
+    if not isinstance(section, Mapping):
+        rest["model"] = section
+    for k, v in {**rest, "half": half}.items():
+        out["config." + str(k) if str(k) in out else str(k)] = digest(v)
+    return out
 
 
 @dataclass
@@ -259,6 +288,8 @@ def segment_slide(
                 roi_sha256=roi_sha256(roi) if roi is not None else None,
                 backend=reader.backend,
                 settings_hash=config.resolved(output_mpp).output_hash(),
+                model_config=dict(model.config_digest),
+                settings=config.resolved(output_mpp).output_settings(),
             )
             seen = _summary_state(out_dir)
             done = _done_summary(out_dir)
@@ -449,6 +480,32 @@ def _result(fut: Future) -> BatchResult:
     return res
 
 
+def _class_counts(
+    labels: np.ndarray, inside: np.ndarray | None, plan: RegionPlan, num_classes: int
+) -> np.ndarray:
+    """Output pixels per class, the last row and column weighted by the share of them
+    on the slide (they reach past its edge when its size is not a whole number of
+    output pixels), so areas never exceed the slide's; ``inside``: the ROI's pixels."""
+    h, w = labels.shape
+    scale = plan.mpp / plan.output_mpp
+    fx = min(max(plan.slide_size[0] * scale - (w - 1), 0.0), 1.0)
+    fy = min(max(plan.slide_size[1] * scale - (h - 1), 0.0), 1.0)
+
+    def count(part: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+        values = part if keep is None else part[keep]
+        return np.bincount(values.ravel(), minlength=num_classes)[:num_classes].astype(float)
+
+    def sub(rows: slice, cols: slice) -> np.ndarray:
+        return count(labels[rows, cols], None if inside is None else inside[rows, cols])
+
+    last_row, last_col = slice(h - 1, h), slice(w - 1, w)
+    counts = count(labels, inside)
+    counts += (fx - 1.0) * sub(slice(0, h - 1), last_col)  # last column, corner excluded
+    counts += (fy - 1.0) * sub(last_row, slice(0, w - 1))  # last row, corner excluded
+    counts += (fx * fy - 1.0) * sub(last_row, last_col)  # the corner
+    return counts
+
+
 def _write_outputs(
     slide: Path,
     out_dir: Path,
@@ -510,10 +567,9 @@ def _write_outputs(
         overwrite=True,
     )
     write_png(out_dir / "thumbnail.png", thumb, overwrite=True)
-    counted = labels if inside is None else labels[inside]
-    counts = np.bincount(counted.ravel(), minlength=cfg.num_classes)[: cfg.num_classes]
+    counts = _class_counts(labels, inside, plan, cfg.num_classes)
     px_mm2 = (out_mpp / 1000.0) ** 2
-    tissue_px = int(counts[1:].sum())
+    tissue_px = float(counts[1:].sum())
     level0_tissue = tissue.area_level0_px
     if roi is not None:
         in_roi = polygons_to_mask(roi, tissue.mask.shape, scale=tissue.downsample)
@@ -528,6 +584,7 @@ def _write_outputs(
     w, h = plan.output_size
     return SlideSummary(
         slide=str(slide),
+        slide_path=str(resolved_path(slide)),
         slide_id=slide_id,
         model=str(model.path),
         model_sha256=model.sha256,
