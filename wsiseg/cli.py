@@ -26,20 +26,28 @@ BACKEND_CHOICE = click.Choice(["auto", "openslide", "tiffslide"])
 
 
 class _ShownFormatter(logging.Formatter):
-    """Log lines with control characters in their message escaped (see `shown`)."""
+    """Log lines with control characters in their message escaped (see `shown`); with
+    ``plain``, warnings of wsiseg's own loggers as ``warning: <message>`` like the
+    CLI's other warning lines."""
+
+    def __init__(self, fmt: str, *, plain: bool) -> None:
+        super().__init__(fmt)
+        self.plain = plain
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         record.message = shown(record.message)
+        ours = record.name == "wsiseg" or record.name.startswith("wsiseg.")
+        if self.plain and ours and record.levelno == logging.WARNING:
+            return f"warning: {record.message}"
         return super().formatMessage(record)
 
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s", force=True
-    )
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=max(level, logging.DEBUG), format=fmt, force=True)
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_ShownFormatter(fmt, plain=verbose == 0))
     # tifffile logs every malformed IFD it meets; our own error line says it once.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
     if verbose < 2:
@@ -59,7 +67,19 @@ def _warn(message: str) -> None:
     click.echo(f"warning: {shown(message)}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Interrupted(Exception):
+    """Ctrl-C in a command (click would print a blank line for a KeyboardInterrupt)."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wsiseg")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:
@@ -705,7 +725,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning known errors into one line and exit code 1."""
     try:
         cli.main(args=argv, prog_name="wsiseg", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort:  # click has ended the "^C" line
+        _fail("interrupted")
+        sys.exit(130)
+    except _Interrupted:
+        if sys.stderr.isatty():
+            click.echo(err=True)  # ends the line of the terminal's "^C"; not in a log
         _fail("interrupted")
         sys.exit(130)
     except click.BadParameter as exc:  # a bad option value: one line

@@ -226,11 +226,21 @@ def _identity(path: Path) -> object:
     return _resolved(path)
 
 
+def _inode(path: Path) -> list[object]:
+    """The file's (device, inode) as a key, to tell hard links apart (none if unreadable)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return []
+    return [("inode", st.st_dev, st.st_ino)]
+
+
 def discover_slides(inputs: Sequence[Path]) -> list[Path]:
     """The slides named by ``inputs``: files as given, folders searched recursively.
 
     A slide reached twice (``slide.tiff`` and ``sub/../slide.tiff``, a symlink and its
-    target, a file and its folder, two files of one DICOM series) is kept once, where
+    target, two hard links to one file, a file and its folder, two files of one DICOM
+    series) is kept once, where
     it first appears, with a warning naming both paths when they differ. Paths
     that are neither files nor folders are kept, so that opening them names the problem.
 
@@ -245,9 +255,11 @@ def discover_slides(inputs: Sequence[Path]) -> list[Path]:
     out: list[Path] = []
     seen: dict[object, Path] = {}
     for path, key in found:
-        first = seen.get(key)
+        keys = [key] if isinstance(key, tuple) else [key, *_inode(path)]
+        first = next((seen[k] for k in keys if k in seen), None)
+        for k in keys:
+            seen.setdefault(k, first or path)
         if first is None:
-            seen[key] = path
             out.append(path)
         elif first != path:
             what = "slide" if isinstance(key, tuple) else "file"  # DICOM: a series
