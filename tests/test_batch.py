@@ -145,7 +145,7 @@ def test_resume_skips_only_for_the_same_inputs(
     roi.write_text(json.dumps(shapely.geometry.mapping(box(200, 200, 1200, 800))))
     code, _, err = run("--mpp", "0.5", "--roi", str(roi))
     (line,) = error_lines(err)
-    assert code == 1 and "--roi differs: none vs" in line
+    assert code == 1 and "--roi differs: no ROI vs bounds (" in line
 
     # The slide file replaced by another one of the same name: refused.
     shutil.copy(slides["other"], slide)
@@ -292,7 +292,7 @@ def test_missing_model_says_not_found(tmp_path: Path, capsys) -> None:
 
 def test_ctrl_c_prints_one_line(slides: dict[str, Path], model: Path, tmp_path: Path) -> None:
     """SIGINT to the whole process group (what a terminal's Ctrl-C does) while regions
-    run: one line on stderr, exit code 130, no worker left behind."""
+    run: one line on stderr, exit code 130, no worker left behind, no empty slide folder."""
     import psutil
 
     out = tmp_path / "out"
@@ -325,6 +325,8 @@ def test_ctrl_c_prints_one_line(slides: dict[str, Path], model: Path, tmp_path: 
     lines = stderr_lines(text)
     assert code == 130, lines
     assert lines == ["error: interrupted"], lines
+    assert text == "error: interrupted\n", repr(text)  # no blank line before it
+    assert out.is_dir() and not (out / "s").exists()  # the run's empty folder removed
     left = []
     for p in psutil.process_iter():
         try:
@@ -415,7 +417,7 @@ def test_roi_change_message_names_the_roi() -> None:
     b = ResumeIdentity("m" * 64, "f" * 64, 0.25, 4.0, "r" * 64, "tiffslide", "h")
     text = "; ".join(a.differences(b))
     assert re.search(r"--mpp .*differs: 0.5 vs 0.25", text)
-    assert "--output-mpp differs: 2 vs 4" in text and "--roi differs: none vs rrrr" in text
+    assert "--output-mpp differs: 2 vs 4" in text and "--roi differs: no ROI vs an ROI (sha256 rrrr" in text
     assert "backend used differs: openslide vs tiffslide" in text
     assert ResumeIdentity.from_json(a.to_json()) == a
     assert not a.differences(a)

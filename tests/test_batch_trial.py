@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,11 @@ def test_symlinked_duplicate_is_named(
     )
     code, _, err = run_cli(["info", str(d)], capsys)
     assert code == 0 and "z3.tiff is the same file as" in err and "segmented once" in err
+    # As the CLI's other warnings (second trial §6); -v keeps the logger's name.
+    line = f"warning: {d / 'z3.tiff'} is the same file as {d / 'z1.tiff'}: segmented once"
+    assert line in err.splitlines(), err
+    code, _, err = run_cli(["-v", "info", str(d)], capsys)
+    assert code == 0 and "WARNING wsiseg.io.discovery: " in err, err
 
 
 # -- 4, 7, 9. per-slide settings in run.json; --output-mpp snapped; areas at the edge ----
@@ -189,11 +196,11 @@ def test_output_mpp_snapped_and_shown_with_its_digits() -> None:
     settings = {"output_mpp": 2.0, "min_area_um2": 100.0, "margin_px": 64}
     a = ResumeIdentity("m", "f", 0.5, 2.0, None, "b", "h1", {"k": "1"}, settings)
     b = ResumeIdentity(
-        "m", "f", 0.5, 2.0000001, None, "b", "h2", {"k": "1"}, {**settings, "min_area_um2": 50.0}
+        "m", "f", 0.5, 2.000011, None, "b", "h2", {"k": "1"}, {**settings, "min_area_um2": 50.0}
     )
     text = "; ".join(a.differences(b))
     assert text == (
-        "--output-mpp differs: 2 vs 2.0000001; segment settings differ: min_area_um2 100 vs 50"
+        "--output-mpp differs: 2 vs 2.000011; segment settings differ: min_area_um2 100 vs 50"
     )
 
 
@@ -252,3 +259,117 @@ def test_one_line_each(
     assert "\x1b[A" not in err and "\r" not in err, repr(err)
     errors = [ln for ln in err.split("\n") if "error:" in ln]
     assert len(errors) == 1 and errors[0].startswith("error: "), repr(err)
+
+
+# -- second trial ------------------------------------------------------------------------
+# 1. slides of different models in one OUT: each section its own model and notice
+
+
+def _model_with_notice(model: Path, folder: Path, notice: str) -> Path:
+    folder.mkdir(parents=True)
+    mine = folder / model.name
+    shutil.copy(model, mine)
+    doc = json.loads(model.with_suffix(".json").read_text())
+    doc["config"]["notice"] = notice
+    mine.with_suffix(".json").write_text(json.dumps(doc))
+    return mine
+
+
+def _sections(report: str) -> list[str]:
+    return report.split('<section class="slide card"')[1:]
+
+
+def test_each_slide_shows_its_own_model_and_notice(
+    slides: dict[str, Path], model: Path, cluster: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    one, two = "Model one: research use only", "Model two: not for diagnosis"
+    _model_with_notice(model, tmp_path / "m1", one)
+    _model_with_notice(model, tmp_path / "m2", two)
+    monkeypatch.chdir(tmp_path)  # models given relative to the CWD
+    m1, m2 = Path("m1") / model.name, Path("m2") / model.name
+    out = tmp_path / "out"
+    code, _, err = segment_cli([str(slides["a"]), "-o", str(out)], m1, cluster, capsys)
+    assert code == 0, err
+    # The other model on the same slide is refused; the report still says model one.
+    code, _, err = segment_cli([str(slides["a"]), "-o", str(out)], m2, cluster, capsys)
+    assert code == 1 and "model config differs: notice" in err, err
+    report = (out / "report.html").read_text()
+    assert report.count(one) == 3 and two not in report  # page foot, header, section
+    assert "varies" not in report
+    code, _, err = segment_cli([str(slides["b"]), "-o", str(out)], m2, cluster, capsys)
+    assert code == 0, err
+    report = (out / "report.html").read_text()
+    sec_a, sec_b = _sections(report)
+    assert one in sec_a and two not in sec_a, sec_a[:800]
+    assert two in sec_b and one not in sec_b, sec_b[:800]
+    header = report.split("<header", 1)[1].split("</header>", 1)[0]
+    assert "Notice: varies (see each slide)" in header and one not in header
+    assert "<dt>Model</dt><dd>varies <small>(see each slide)</small></dd>" in header
+    assert f'title="{tmp_path.resolve() / m1}"' in sec_a
+    run = json.loads((out / "run.json").read_text())
+    by_name = {s["name"]: s for s in run["slides"]}
+    assert by_name["a"]["notice"] == one and by_name["b"]["notice"] == two
+    assert by_name["a"]["model"] == str(tmp_path.resolve() / m1)
+    assert by_name["b"]["model"] == str(tmp_path.resolve() / m2)
+
+
+# 2, 3. refusal lines: pixel sizes within 1e-6 equal, values as typed, ROIs and models named
+
+
+def test_refusal_lines_name_what_differs(
+    slides: dict[str, Path], model: Path, cluster: str, tmp_path: Path, capsys
+) -> None:
+    from wsiseg.errors import InputError
+    from wsiseg.pipeline.outputs import ResumeIdentity, RoiRecord
+    from wsiseg.tiling import check_output_mpp
+
+    a = ResumeIdentity("8ceea18ff3ae6", "f", 0.5, 2.0, None, "b", "h", {"k": "1"}, {})
+    assert a.differences(replace(a, slide_mpp=0.50000000001)) == []
+    assert a.differences(replace(a, slide_mpp=0.5000001)) == []
+    assert a.differences(replace(a, slide_mpp=0.5001)) == [
+        "--mpp (slide pixel size used) differs: 0.5 vs 0.5001"
+    ]
+    with pytest.raises(InputError, match=r"^--output-mpp 1e-320: "):
+        check_output_mpp(1e-320, 0.5, 256, 64)
+    other = replace(a, model_sha256="4dc22f9db3391", roi_sha256="c3d99873a2f2a")
+    roi = RoiRecord("c3d99873a2f2a", (100.0, 100.0, 600.0, 400.0), 150000.0, 0.0375)
+    assert a.differences(other, rois=(None, roi), models=("/m/a.safetensors", "/m/b")) == [
+        "model (checksum) differs: 8ceea18ff3ae (/m/a.safetensors) vs 4dc22f9db339 (/m/b)",
+        "--roi differs: no ROI vs bounds (100, 100)-(600, 400) px, 0.0375 mm²",
+    ]
+    smaller = RoiRecord("47d67146962b1", (100.0, 100.0, 300.0, 400.0), 60000.0, 0.015)
+    assert replace(other, roi_sha256=smaller.sha256).differences(other, rois=(smaller, roi)) == [
+        "--roi differs: another ROI (bounds (100, 100)-(300, 400) px, 0.015 mm² "
+        "vs bounds (100, 100)-(600, 400) px, 0.0375 mm²)"
+    ]
+    # Through the CLI: the ROI as recorded in summary.json and as given now.
+    geo = tmp_path / "roi.geojson"
+    ring = [[100, 100], [600, 100], [600, 400], [100, 400], [100, 100]]
+    geo.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    out = tmp_path / "out"
+    code, _, err = segment_cli([str(slides["a"]), "-o", str(out)], model, cluster, capsys)
+    assert code == 0, err
+    args = [str(slides["a"]), "-o", str(out), "--roi", str(geo)]
+    code, _, err = segment_cli(args, model, cluster, capsys)
+    (line,) = error_lines(err)
+    assert code == 1 and "--roi differs: no ROI vs bounds (100, 100)-(600, 400) px" in line, line
+
+
+# 4. hard links: one slide
+
+
+def test_hard_linked_duplicate_is_named(slides: dict[str, Path], tmp_path: Path, caplog) -> None:
+    from wsiseg.io.discovery import discover_slides
+
+    d = tmp_path / "d"
+    d.mkdir()
+    shutil.copy(slides["a"], d / "h1.tiff")
+    os.link(d / "h1.tiff", d / "h2.tiff")
+    with caplog.at_level(logging.WARNING):
+        assert discover_slides([d]) == [d / "h1.tiff"]
+        assert discover_slides([d / "h2.tiff", d / "h1.tiff"]) == [d / "h2.tiff"]
+    messages = [r.getMessage() for r in caplog.records if "same file" in r.getMessage()]
+    assert messages == [
+        f"{d / 'h2.tiff'} is the same file as {d / 'h1.tiff'}: segmented once",
+        f"{d / 'h1.tiff'} is the same file as {d / 'h2.tiff'}: segmented once",
+    ]

@@ -97,6 +97,13 @@ def allowed_output_mpps(task_mpp: float, region_px: int, margin_px: int) -> list
     return sorted(core * task_mpp / k for k in range(1, core + 1) if (margin_px * k) % core == 0)
 
 
+def _as_typed(value: float) -> str:
+    """A number as the user most likely typed it: the shortest text that reads back as
+    it (``1e-320``, ``2.00001``, ``4`` for 4.0)."""
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
 def check_output_mpp(output_mpp: float, task_mpp: float, region_px: int, margin_px: int) -> float:
     """The allowed output pixel size ``output_mpp`` stands for (within a relative 1e-6 of
     it: that value exactly, so reruns compare equal); refuse one the model's region
@@ -108,8 +115,9 @@ def check_output_mpp(output_mpp: float, task_mpp: float, region_px: int, margin_
     InputError
         ``output_mpp`` not finite and positive, or not one of `allowed_output_mpps`.
     """
+    typed = _as_typed(output_mpp)
     if not math.isfinite(output_mpp) or output_mpp <= 0:
-        raise InputError(f"--output-mpp {output_mpp:.10g}: must be a finite number > 0")
+        raise InputError(f"--output-mpp {typed}: must be a finite number > 0")
     allowed = allowed_output_mpps(task_mpp, region_px, margin_px)
     for a in allowed:
         if abs(a - output_mpp) <= 1e-6 * a:
@@ -117,7 +125,7 @@ def check_output_mpp(output_mpp: float, task_mpp: float, region_px: int, margin_
     nice = [a for a in allowed if abs(round(a, 3) - a) < 1e-9] or allowed[:12]
     listed = ", ".join(f"{a:g}" for a in nice[:16])
     raise InputError(
-        f"--output-mpp {output_mpp:.10g}: the model's region core ({region_px - 2 * margin_px} px "
+        f"--output-mpp {typed}: the model's region core ({region_px - 2 * margin_px} px "
         f"at {task_mpp:g} µm/px) must be a whole number of output pixels; allowed: {listed}"
     )
 

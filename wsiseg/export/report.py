@@ -8,8 +8,10 @@ every slide with its status and class fractions, then one section per slide
 learned sampling density and legend, as drawn by :mod:`wsiseg.export.overlay`),
 the class areas, key figures and warnings (failures, refusals, slides segmented
 with ``--force``, admission warnings, no tissue, pixel size given with ``--mpp``).
-The model card's notice (``run.json`` ``notice``, e.g. "not for diagnosis") is on
-the header, on every slide's section and, printed, at the foot of every page. All
+Each slide's section names the model its results came from and that model card's
+notice (e.g. "not for diagnosis"; from its summary, else its ``run.json`` record);
+the header and, printed, the foot of every page carry the notice of the slides with
+results (the header says "varies" where their models differ). All
 text is escaped; missing or unreadable images give a note.
 
 Records in, a file out: the run, slide and summary records are read through the
@@ -102,6 +104,12 @@ class SummaryView(Protocol):
     def classes(self) -> Mapping[str, ClassAreaView]: ...
     @property
     def roi(self) -> RoiView | None: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def model_sha256(self) -> str: ...
+    @property
+    def notice(self) -> str: ...
 
 
 class SlideView(Protocol):
@@ -121,6 +129,12 @@ class SlideView(Protocol):
     def warnings(self) -> Sequence[str]: ...
     @property
     def forced(self) -> bool: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def model_sha256(self) -> str | None: ...
+    @property
+    def notice(self) -> str | None: ...
 
 
 class RunView(Protocol):
@@ -428,20 +442,52 @@ def _budget(model_cfg: Mapping[str, Any]) -> str:
     return f"{frac} of pixels ({sample:g}\u00b2 samples per {region:g}\u00b2 region)"
 
 
-def _notice_text(run: RunView) -> str:
-    """The model card's notice (a run recorded without one: the default notice)."""
-    return run.notice or DEFAULT_NOTICE
+@dataclass(frozen=True)
+class _Model:
+    """The model a slide's results came from: path, sha256 and its card's notice."""
+
+    path: str
+    sha256: str
+    notice: str
 
 
-def _notice(run: RunView, kind: str = "") -> str:
-    return f'<p class="notice{" " + kind if kind else ""}">{_e(_notice_text(run))}</p>'
+def _slide_model(run: RunView, slide: SlideView, summary: SummaryView | None) -> _Model:
+    """A slide's model: its summary's, else its run.json record's, else the run's (a
+    notice recorded nowhere: the run's for the run's model, else the default)."""
+    path = (summary.model if summary is not None else "") or slide.model or run.model
+    sha = (summary.model_sha256 if summary is not None else "") or slide.model_sha256 or ""
+    notice = (summary.notice if summary is not None else "") or slide.notice or ""
+    if not notice and sha in ("", run.model_sha256):
+        notice = run.notice
+    return _Model(path or "\u2014", sha or run.model_sha256, notice or DEFAULT_NOTICE)
+
+
+def _done_models(run: RunView, slides: Sequence[SlideEntry]) -> list[_Model]:
+    """The distinct models of the slides with results (none: the run's), in order."""
+    found = [_slide_model(run, s, m) for s, m in slides if s.status in ("done", "skipped")]
+    if not found:
+        found = [_Model(run.model or "\u2014", run.model_sha256, run.notice or DEFAULT_NOTICE)]
+    return list(dict.fromkeys(found))
+
+
+def _notice(text: str, kind: str = "") -> str:
+    return f'<p class="notice{" " + kind if kind else ""}">{_e(text)}</p>'
+
+
+def _model_text(model: _Model, sep: str = "<br>") -> str:
+    """The model's file name (its path on hover) and short checksum."""
+    path, sha = model.path, model.sha256
+    return f'<span title="{_e(path)}">{_e(Path(path).name or path)}</span>' + (
+        f'{sep}<span class="mono" title="sha256 {_e(sha)}">sha256 {_e(sha[:12])}</span>'
+    )
 
 
 def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
     """The page header: title, run settings and a count of slides by status."""
     mc, sc = run.model_config, run.segment_config
-    model = run.model or "\u2014"
-    sha = run.model_sha256
+    models = _done_models(run, slides)
+    notices = list(dict.fromkeys(m.notice for m in models))
+    varies = "varies <small>(see each slide)</small>"
     task_mpp = _num(mc.get("task_mpp"))
     out_mpp = _num(sc.get("output_mpp"))
     # Slides kept from earlier runs may have other output pixel sizes than this run's.
@@ -464,8 +510,7 @@ def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
     items: list[tuple[str, str]] = [
         (
             "Model",
-            f'<span title="{_e(model)}">{_e(Path(model).name or model)}</span>'
-            + (f'<br><span class="mono" title="sha256 {_e(sha)}">sha256 {_e(sha[:12])}</span>'),
+            _model_text(models[0]) if len({(m.path, m.sha256) for m in models}) == 1 else varies,
         ),
         ("Sampler", _e(mc.get("sampler", "\u2014"))),
         ("Budget", _e(_budget(mc))),
@@ -493,7 +538,9 @@ def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
         '<header class="card">'
         "<h1>Segmentation report</h1>"
         f'<p class="sub">{n} slide{"s" if n != 1 else ""} \u00b7 generated {_e(now)} '
-        f"by wsiseg {_e(__version__)}</p>" + _notice(run) + f'<dl class="settings">{settings}</dl>'
+        f"by wsiseg {_e(__version__)}</p>"
+        + (_notice(notices[0]) if len(notices) == 1 else _notice("Notice: varies (see each slide)"))
+        + f'<dl class="settings">{settings}</dl>'
         f'<div class="counts">{badges}</div>'
         "</header>"
     )
@@ -675,7 +722,7 @@ def _slide_section(
     anchor: str,
     background: str | None,
     colours: Mapping[str, str],
-    notice: str,
+    model: _Model,
 ) -> str:
     """One slide's ``<section>``: name, status, warnings, images, tables."""
     path = slide.slide
@@ -740,7 +787,10 @@ def _slide_section(
         f'<div class="slide-head"><span class="idx">{index + 1}</span>'
         f"<h2>{_e(name)}</h2>{_badge(status)}</div>"
         f'<div class="path mono">{_e(path)}{where}</div>'
-        + notice
+        + '<div class="path">Model '
+        + _model_text(model, " \u00b7 ")
+        + "</div>"
+        + _notice(model.notice)
         + "".join(alerts)
         + body
         + "</section>"
@@ -764,9 +814,8 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
                 if c not in class_names:
                     class_names.append(c)
     anchors = [_anchor(i, _slide_name(s.slide)) for i, (s, _) in enumerate(slides)]
-    notice = _notice(run)
     sections = "".join(
-        _slide_section(i, s, summary, a, background, colours, notice)
+        _slide_section(i, s, summary, a, background, colours, _slide_model(run, s, summary))
         for i, ((s, summary), a) in enumerate(zip(slides, anchors, strict=True))
     )
     return (
@@ -777,7 +826,9 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
         "img-src data:; style-src 'unsafe-inline'\">"
         "<title>wsiseg segmentation report</title>"
         f"<style>{_CSS}</style></head><body>"
-        + _notice(run, "page")
+        + _notice(
+            " \u00b7 ".join(dict.fromkeys(m.notice for m in _done_models(run, slides))), "page"
+        )
         + "<main>"
         + _header(run, slides)
         + _overview(slides, anchors, class_names, colours)

@@ -212,7 +212,7 @@ def prepare_model(settings: BatchSettings) -> tuple[ModelInfo, float]:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    """Remove a slide folder that a failed run created and left empty."""
+    """Remove a slide folder that a failed or interrupted run created and left empty."""
     try:
         folder.rmdir()
     except OSError:
@@ -239,6 +239,7 @@ def _record(outcome: SlideOutcome, name: str, info: ModelInfo, output_mpp: float
         # what the results came from: a skipped slide's as recorded when it was done
         model=summary.model if summary else str(info.path),
         model_sha256=summary.model_sha256 if summary else info.sha256,
+        notice=summary.notice if summary else info.notice,
         output_mpp=summary.output_mpp if summary else output_mpp,
         slide_mpp=summary.slide_mpp if summary else None,
     )
@@ -379,6 +380,10 @@ def _one_slide(
     except Exception as exc:  # noqa: BLE001 - one slide's bug must not end the batch
         log.debug("%s: unexpected error", path, exc_info=True)
         outcome = SlideOutcome(str(path), "failed", None, f"{type(exc).__name__}: {exc}")
+    except BaseException:  # Ctrl-C: no empty folder left behind
+        if not existed:
+            _remove_if_empty(out / name)
+        raise
     if outcome.status in ("failed", "refused") and not existed:
         _remove_if_empty(out / name)
     return outcome

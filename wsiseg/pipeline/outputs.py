@@ -137,6 +137,24 @@ _IDENTITY_LABELS = {
 }
 
 
+def _same(old: object, new: object) -> bool:
+    """Equal; pixel sizes (floats) within a relative 1e-6, as ``--output-mpp`` snaps."""
+    if isinstance(old, float) and isinstance(new, float):
+        return math.isclose(old, new, rel_tol=1e-6)
+    return old == new
+
+
+def _roi_text(roi: RoiRecord | None, sha: str | None) -> str:
+    """An ROI as a user knows it: its bounds (level-0 px) and area."""
+    if not sha:
+        return "no ROI"
+    if roi is None:  # not recorded: only its hash is known
+        return f"an ROI (sha256 {sha[:12]})"
+    x0, y0, x1, y1 = (f"{v:.10g}" for v in roi.bounds)
+    area = f"{roi.area_mm2:.4g} mm²" if roi.area_mm2 is not None else f"{roi.area_px:.6g} px²"
+    return f"bounds ({x0}, {y0})-({x1}, {y1}) px, {area}"
+
+
 def _show(value: object) -> str:
     """A recorded value in a refusal line: numbers with enough digits to tell them apart."""
     if isinstance(value, float):
@@ -181,16 +199,25 @@ class ResumeIdentity:
             settings=_mapping(d.get("settings")),
         )
 
-    def differences(self, new: ResumeIdentity) -> list[str]:
+    def differences(
+        self,
+        new: ResumeIdentity,
+        *,
+        rois: tuple[RoiRecord | None, RoiRecord | None] = (None, None),
+        models: tuple[str, str] = ("", ""),
+    ) -> list[str]:
         """One phrase per differing field, recorded value first (``--mpp ...: 0.5 vs 0.25``).
 
-        The settings are named key by key (``output_mpp`` has its own phrase); their
-        hash is shown only when neither side recorded them (older summaries).
+        Pixel sizes within a relative 1e-6 count as equal. The settings are named key by
+        key (``output_mpp`` has its own phrase); their hash is shown only when neither
+        side recorded them (older summaries). ``rois`` (recorded, new) name a differing
+        ROI by its bounds and area, ``models`` (recorded, new paths) a differing model
+        beside its short checksum.
         """
         out = []
         for f in fields(self):
             old, now = getattr(self, f.name), getattr(new, f.name)
-            if old == now:
+            if _same(old, now):
                 continue
             label = _IDENTITY_LABELS.get(f.name, f.name)
             if f.name == "model_config":
@@ -211,13 +238,27 @@ class ResumeIdentity:
                 if named:
                     out.append(f"{label} differ: {', '.join(named)}")
             elif f.name == "settings_hash" and (
-                (self.settings and new.settings) or self.output_mpp != new.output_mpp
+                (self.settings and new.settings) or not _same(self.output_mpp, new.output_mpp)
             ):
                 continue  # named key by key, or explained by --output-mpp
             elif isinstance(old, float) and isinstance(now, float):
                 out.append(f"{label} differs: {_show(old)} vs {_show(now)}")
             elif f.name == "backend":
                 out.append(f"{label} differs: {old} vs {now}")
+            elif f.name == "roi_sha256":
+                a, b = _roi_text(rois[0], old), _roi_text(rois[1], now)
+                if old and now:
+                    if a == b:  # same bounds and area, other shape
+                        a, b = f"sha256 {old[:12]}", f"sha256 {now[:12]}"
+                    out.append(f"{label} differs: another ROI ({a} vs {b})")
+                else:
+                    out.append(f"{label} differs: {a} vs {b}")
+            elif f.name == "model_sha256":
+                a, b = (
+                    f"{str(v)[:12]} ({path})" if path else str(v)[:12]
+                    for v, path in ((old, models[0]), (now, models[1]))
+                )
+                out.append(f"{label} differs: {a} vs {b}")
             else:  # hashes: the first 12 digits, "none" for no ROI
                 a, b = (str(v)[:12] if v else "none" for v in (old, now))
                 out.append(f"{label} differs: {a} vs {b}")
@@ -349,9 +390,10 @@ class SlideRecord:
 
     ``refusals``: why the model cannot read the slide (status ``refused``), or, with
     ``forced``, the refusals ``--force`` overrode; ``warnings``: admission warnings.
-    ``model``, ``model_sha256``, ``output_mpp`` (resolved) and ``slide_mpp`` (used) are
-    those the slide's results came from (a slide done by an earlier run: that run's), or
-    for a slide without results this run's (``slide_mpp`` None); None in older files.
+    ``model`` (absolute path), ``model_sha256``, ``notice``, ``output_mpp`` (resolved)
+    and ``slide_mpp`` (used) are those the slide's results came from (a slide done by an
+    earlier run: that run's), or for a slide without results this run's (``slide_mpp``
+    None); None in older files.
     """
 
     slide: str
@@ -366,6 +408,7 @@ class SlideRecord:
     model_sha256: str | None = None
     output_mpp: float | None = None
     slide_mpp: float | None = None
+    notice: str | None = None  # the model card's notice of ``model``
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -376,6 +419,7 @@ class SlideRecord:
             "out": self.out,
             "model": self.model,
             "model_sha256": self.model_sha256,
+            "notice": self.notice,
             "output_mpp": self.output_mpp,
             "slide_mpp": self.slide_mpp,
             "refusals": list(self.refusals),
@@ -399,6 +443,7 @@ class SlideRecord:
             model_sha256=_opt_str(d.get("model_sha256")),
             output_mpp=_num(d.get("output_mpp")),
             slide_mpp=_num(d.get("slide_mpp")),
+            notice=_opt_str(d.get("notice")),
         )
 
     @property

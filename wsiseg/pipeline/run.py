@@ -108,12 +108,13 @@ def checked_model(model: str | Path) -> ModelInfo:
 
 
 def model_info(model: str | Path) -> ModelInfo:
-    """A model's path, checksum and config from its JSON (the weights are not verified)."""
+    """A model's path (absolute: records name it wherever they are read), checksum and
+    config from its JSON (the weights are not verified)."""
     path = resolve_model_path(model)
     meta = read_checkpoint_metadata(path)
     cfg = ModelConfig.from_dict(meta.config["model"])
     return ModelInfo(
-        path=meta.weights_path,
+        path=resolved_path(meta.weights_path),
         sha256=meta.sha256,
         config=cfg,
         metadata=meta.config,
@@ -295,7 +296,11 @@ def segment_slide(
             done = _done_summary(out_dir)
             if done is not None:
                 diffs = (
-                    done.identity.differences(identity)
+                    done.identity.differences(
+                        identity,
+                        rois=(done.roi, _roi_record(roi, mpp0)),
+                        models=(done.model, str(model.path)),
+                    )
                     if done.identity is not None
                     else ["written by an older wsiseg without a resume identity"]
                 )
