@@ -73,7 +73,8 @@ def _junctions(labels: np.ndarray) -> np.ndarray:
     n = (b != a).astype(np.uint8)
     n += (c != a) & (c != b)
     n += (d != a) & (d != b) & (d != c)
-    return n >= 2
+    junctions: np.ndarray = n >= 2
+    return junctions
 
 
 def _polygonal(geom: shapely.Geometry) -> Polygon | MultiPolygon | None:

@@ -45,7 +45,7 @@ from wsiseg.io.names import (
     slide_checksum,
     slide_fingerprint,
 )
-from wsiseg.io.reader import BaseSlideReader, is_plausible_mpp
+from wsiseg.io.reader import BaseSlideReader, SlideRef, is_plausible_mpp
 from wsiseg.models.checkpoint import model_notice, read_checkpoint_metadata
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.loading import check_model, resolve_model_path
@@ -56,7 +56,7 @@ from wsiseg.pipeline.outputs import ClassArea, ResumeIdentity, RoiRecord, SlideS
 from wsiseg.pipeline.roi import clip_roi_to_slide
 from wsiseg.pipeline.stitch import Stitcher
 from wsiseg.pipeline.worker import BatchResult, predict_batch
-from wsiseg.tiling import RegionPlan, plan_regions
+from wsiseg.tiling import Region, RegionPlan, plan_regions
 from wsiseg.tissue import TissueMask, TissueParams, detect_tissue
 
 __all__ = [
@@ -200,7 +200,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _batches(plan: RegionPlan, size: int) -> list[list[Any]]:
+def _batches(plan: RegionPlan, size: int) -> list[list[Region]]:
     regs = list(plan.regions)
     return [regs[i : i + size] for i in range(0, len(regs), size)]
 
@@ -401,8 +401,8 @@ class _RunResult:
 
 
 def _submit_batches(
-    ref: Any, model: ModelInfo, config: SegmentConfig, plan: RegionPlan, client: Client
-) -> list[Future]:
+    ref: SlideRef, model: ModelInfo, config: SegmentConfig, plan: RegionPlan, client: Client
+) -> list[Future[BatchResult]]:
     """One pure task per batch, retried on errors; a dead worker's tasks are rerun anyway."""
     geometry = plan.geometry()  # regions travel in their batch only
     resources = task_resources(client)
@@ -424,7 +424,7 @@ def _submit_batches(
 
 
 def _run_regions(
-    ref: Any,
+    ref: SlideRef,
     model: ModelInfo,
     config: SegmentConfig,
     plan: RegionPlan,
@@ -468,7 +468,7 @@ def _run_regions(
     return _RunResult(stitcher.labels, stitcher.density, decoded, seconds)
 
 
-def _result(fut: Future) -> BatchResult:
+def _result(fut: Future[BatchResult]) -> BatchResult:
     """A task's result; its failure (after retries) as a one-line error of the slide."""
     try:
         res: BatchResult = fut.result()
