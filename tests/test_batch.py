@@ -417,7 +417,10 @@ def test_roi_change_message_names_the_roi() -> None:
     b = ResumeIdentity("m" * 64, "f" * 64, 0.25, 4.0, "r" * 64, "tiffslide", "h")
     text = "; ".join(a.differences(b))
     assert re.search(r"--mpp .*differs: 0.5 vs 0.25", text)
-    assert "--output-mpp differs: 2 vs 4" in text and "--roi differs: no ROI vs an ROI (sha256 rrrr" in text
+    assert (
+        "--output-mpp differs: 2 vs 4" in text
+        and "--roi differs: no ROI vs an ROI (sha256 rrrr" in text
+    )
     assert "backend used differs: openslide vs tiffslide" in text
     assert ResumeIdentity.from_json(a.to_json()) == a
     assert not a.differences(a)
