@@ -143,3 +143,18 @@ def test_invoke_echoes_and_raises_only_on_failure(small_synthetic, capsys) -> No
         invoke(["info", "/nonexistent.svs"], echo=False)
     assert info.value.code == 1
     assert "$ wsiseg" not in capsys.readouterr().out
+
+
+def test_info_out_is_written_whole(tmp_path: Path, capsys) -> None:
+    """``info -o`` replaces its JSON in one rename: no temporary is left beside it."""
+    from wsiseg.fileops import is_temporary_name
+    from wsiseg.synthetic import SynthSpec, write_synthetic_slide
+
+    paths = write_synthetic_slide(tmp_path, "s", SynthSpec(width_px=512, height_px=512, seed=3))
+    out = tmp_path / "info.json"
+    out.write_text("old\n")
+    code, _, _ = run_cli(["info", str(paths.image), "-o", str(out)], capsys)
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data[0]["dimensions"][0] == [512, 512]
+    assert not [p.name for p in tmp_path.iterdir() if is_temporary_name(p.name)]

@@ -161,7 +161,10 @@ def info(
     elif any("error" not in r for r in results):
         click.echo("\n\n".join(_format_info(r) for r in results if "error" not in r))
     if out is not None:
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        from wsiseg.fileops import atomic_path
+
+        with atomic_path(out, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
     if failed:
         sys.exit(1)
 
