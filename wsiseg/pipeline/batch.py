@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -173,18 +174,8 @@ def merge_run_file(out: Path, record: RunRecord) -> RunRecord:
         remove_stale_temporaries(out, names=(RUN_FILE, REPORT_FILE))
         old = _read_run(out / RUN_FILE)
         slides = merge_slide_records(list(old.slides) if old else [], list(record.slides))
-        merged = RunRecord(
-            model=record.model,
-            model_sha256=record.model_sha256,
-            model_config=record.model_config,
-            segment_config=record.segment_config,
-            cluster=record.cluster,
-            workers=record.workers,
-            slides=tuple(slides),
-            wall_seconds=record.wall_seconds,
-            output_mpp=record.output_mpp,
-            notice=record.notice,
-        )
+        # the merged file describes OUT, not one shard
+        merged = dataclasses.replace(record, slides=tuple(slides), shard=None)
         _write_json(out / RUN_FILE, merged)
         write_report(out / REPORT_FILE, merged, [(s, _summary_of(s)) for s in merged.slides])
     return merged

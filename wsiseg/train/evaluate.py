@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsiseg.models.config import ModelConfig
 from wsiseg.models.deformseg import DeformSeg, MemorySource
 from wsiseg.train.datasets import LabeledSource
 from wsiseg.train.metrics import (
@@ -32,6 +33,28 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def _region_side(cfg: ModelConfig, src: LabeledSource) -> int:
+    """A region's side in the source's own pixels."""
+    return max(1, round(cfg.region_px * cfg.task_mpp / src.mpp))
+
+
+def _predict_boxes(
+    model: DeformSeg, src: LabeledSource, side: int, boxes: Sequence[tuple[int, int]]
+) -> tuple[torch.Tensor, list[tuple[np.ndarray, np.ndarray]]]:
+    """Class probabilities [B, K, side, side] of ``side``-px regions at ``boxes``, and the reads."""
+    cfg = model.config
+    reads = [src.read(x, y, side, side, (side, side)) for x, y in boxes]
+    x, _ = to_tensors(np.stack([r[0] for r in reads]), np.stack([r[1] for r in reads]))
+    if side != cfg.region_px:
+        x = F.interpolate(
+            x,
+            size=(cfg.region_px, cfg.region_px),
+            mode="area" if side > cfg.region_px else "bilinear",
+        )
+    probs, _ = model.predict(MemorySource(x.to(model.device)), (side, side))
+    return probs, reads
+
+
 @torch.no_grad()
 def confusion_per_source(
     model: DeformSeg,
@@ -46,28 +69,17 @@ def confusion_per_source(
     out = np.zeros((len(sources), k, k), np.int64)
     plans = []
     for src in sources:
-        side = max(1, round(cfg.region_px * cfg.task_mpp / src.mpp))
+        side = _region_side(cfg, src)
         plans.append((src, side, grid_boxes(src, side)))
     total = sum(len(b) for _, _, b in plans)
     done = 0
     model.eval()
-    dev = model.device
     for s, (src, side, boxes) in enumerate(plans):
         for i in range(0, len(boxes), batch_size):
             chunk = boxes[i : i + batch_size]
-            reads = [src.read(x, y, side, side, (side, side)) for x, y in chunk]
-            x_full, y_full = to_tensors(
-                np.stack([r[0] for r in reads]), np.stack([r[1] for r in reads])
-            )
-            x = x_full
-            if side != cfg.region_px:
-                x = F.interpolate(
-                    x_full,
-                    size=(cfg.region_px, cfg.region_px),
-                    mode="area" if side > cfg.region_px else "bilinear",
-                )
-            probs, _ = model.predict(MemorySource(x.to(dev)), (side, side))
-            out[s] += confusion_matrix(probs.argmax(1).cpu().numpy(), y_full.numpy(), k)
+            probs, reads = _predict_boxes(model, src, side, chunk)
+            truth = np.stack([r[1] for r in reads])
+            out[s] += confusion_matrix(probs.argmax(1).cpu().numpy(), truth, k)
             done += len(chunk)
             if on_region is not None:
                 on_region(done, total)
@@ -103,25 +115,15 @@ def confusion_per_image(
     k = cfg.num_classes
     out = np.zeros((len(sources), k, k), np.int64)
     model.eval()
-    dev = model.device
     for s, src in enumerate(sources):
-        side = max(1, round(cfg.region_px * cfg.task_mpp / src.mpp))
+        side = _region_side(cfg, src)
         w, h = src.size
         boxes = [(x, y) for y in fitted_boxes(h, side) for x in fitted_boxes(w, side)]
         acc = np.zeros((k, h, w), np.float32)
         truth = np.zeros((h, w), np.uint8)
         for i in range(0, len(boxes), batch_size):
             chunk = boxes[i : i + batch_size]
-            reads = [src.read(x, y, side, side, (side, side)) for x, y in chunk]
-            x_full, _ = to_tensors(np.stack([r[0] for r in reads]), np.stack([r[1] for r in reads]))
-            x = x_full
-            if side != cfg.region_px:
-                x = F.interpolate(
-                    x_full,
-                    size=(cfg.region_px, cfg.region_px),
-                    mode="area" if side > cfg.region_px else "bilinear",
-                )
-            probs, _ = model.predict(MemorySource(x.to(dev)), (side, side))
+            probs, reads = _predict_boxes(model, src, side, chunk)
             probs_np = probs.float().cpu().numpy()
             for (bx, by), p, (_, lab) in zip(chunk, probs_np, reads, strict=True):
                 ph, pw = min(side, h - by), min(side, w - bx)
