@@ -47,6 +47,11 @@ _LATER_DEFAULTS: dict[str, Any] = {
     "val_every": 0,
     "patience": 0,
     "val_whole": False,
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+    "min_lr_fraction": 0.01,
+    "precision": "auto",
+    "channels_last": False,
 }
 
 
@@ -137,11 +142,17 @@ def machine() -> dict[str, Any]:
     }
 
 
-def time_run_kind(cfg: ModelConfig, batch_size: int, repeats: int = 3) -> tuple[float, float]:
+def time_run_kind(
+    cfg: ModelConfig, batch_size: int, repeats: int = 3, train_cfg: TrainConfig | None = None
+) -> tuple[float, float]:
     """Seconds per training step of ``batch_size`` regions and per predicted region, timed
-    on random data (the fastest step after a warm-up one)."""
+    on random data (the fastest step after a warm-up one), with ``train_cfg``'s precision
+    and memory format when given."""
     rng = np.random.default_rng(0)
     model = DeformSeg(cfg)
+    if train_cfg is not None and train_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = train_cfg.autocast_dtype(model.device) if train_cfg is not None else None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     r = cfg.region_px
     x = torch.rand(batch_size, 3, r, r)
@@ -149,7 +160,8 @@ def time_run_kind(cfg: ModelConfig, batch_size: int, repeats: int = 3) -> tuple[
     times = []
     for _ in range(max(2, repeats)):
         t0 = time.perf_counter()
-        loss, _, _ = training_step(model, x, y, 1.0, rng)
+        with torch.autocast(model.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, _, _ = training_step(model, x, y, 1.0, rng)
         opt.zero_grad()
         loss.backward()
         opt.step()
