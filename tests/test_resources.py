@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from wsiseg.errors import InputError
+from wsiseg.models.checkpoint import CheckpointError
 from wsiseg.models.config import load_config_file
 from wsiseg.models.loading import resolve_model_path
 from wsiseg.resources import KINDS, packaged, packaged_names, resolve
@@ -48,8 +49,21 @@ def test_every_packaged_name_resolves(kind: str) -> None:
 def test_known_packaged_names() -> None:
     assert {"default", "tiny"} <= set(packaged_names("models"))
     assert {"slurm-cpu", "slurm-gpu"} <= set(packaged_names("clusters"))
-    assert packaged_names("checkpoints") == ["default"]
-    assert resolve_model_path("default") == packaged("checkpoints", "default")
+    assert "default" in packaged_names("checkpoints")
+    for name in packaged_names("checkpoints"):  # every bundled model is a --model NAME
+        assert resolve_model_path(name) == packaged("checkpoints", name)
+
+
+def test_model_names_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        CheckpointError,
+        match=r"^glass: not a checkpoint file or a bundled model \(bundled: default",
+    ):
+        resolve_model_path("glass")
+    assert resolve_model_path("runs/best.safetensors") == Path("runs/best.safetensors")
+    (tmp_path / "mine").write_text("")  # a file of that name: a path, not a name
+    assert resolve_model_path("mine") == Path("mine")
 
 
 @pytest.mark.parametrize("name", ["nope", "", "../models/tiny", "tiny.yaml"])

@@ -460,7 +460,13 @@ def train(
 
 
 @cli.command()
-@click.option("--model", "model", required=True, help="Checkpoint (.safetensors) or 'default'.")
+@click.option(
+    "--model",
+    "model",
+    required=True,
+    help="Checkpoint (.safetensors) or a bundled model: 'default' (synthetic demo) or "
+    "'glas' (GlaS colon glands, research use).",
+)
 @click.option("--baseline", "baselines", multiple=True, help="Baseline checkpoint(s) to compare.")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Labeled data folder.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
@@ -634,7 +640,13 @@ class _Bars:
 @cli.command()
 @click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--model", default="default", show_default=True, help="'default' or a checkpoint.")
+@click.option(
+    "--model",
+    default="default",
+    show_default=True,
+    help="A bundled model ('default': synthetic demo; 'glas': GlaS colon glands, research "
+    "use) or a checkpoint (.safetensors).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option(
     "--workers",

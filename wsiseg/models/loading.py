@@ -19,7 +19,7 @@ from wsiseg.models.checkpoint import (
 )
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.deformseg import DeformSeg
-from wsiseg.resources import packaged
+from wsiseg.resources import packaged, packaged_names
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -27,6 +27,7 @@ __all__ = [
     "checkpoint_config",
     "default_model_path",
     "resolve_model_path",
+    "bundled_models",
     "check_model",
     "load_model",
 ]
@@ -59,11 +60,29 @@ def default_model_path() -> Path:
         raise WsisegError("the bundled default model is missing from this installation") from exc
 
 
+def bundled_models() -> list[str]:
+    """Names of the models bundled with wsiseg (``--model NAME``), e.g. ``default``."""
+    return packaged_names("checkpoints")
+
+
 def resolve_model_path(model: str | Path) -> Path:
-    """``default`` -> the bundled model; anything else is a checkpoint path."""
-    if str(model) == DEFAULT_MODEL:
+    """A bundled model's name (``default``, ``glas``...) -> its packaged checkpoint;
+    anything else is a checkpoint path. A bare name (no folder, no suffix) that is not
+    bundled and is not a file is refused with the list of bundled names."""
+    text = str(model)
+    if text == DEFAULT_MODEL:
         return default_model_path()
-    return Path(model)
+    path = Path(model)
+    bare = path.name == text and not path.suffix
+    if bare and not path.exists():
+        try:
+            return packaged("checkpoints", text)
+        except InputError:
+            known = ", ".join(bundled_models()) or "none"
+            raise CheckpointError(
+                f"{text}: not a checkpoint file or a bundled model (bundled: {known})"
+            ) from None
+    return path
 
 
 def _checked_model(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
