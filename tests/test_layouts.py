@@ -12,7 +12,9 @@ from PIL import Image
 
 from wsiseg.cli import main
 from wsiseg.errors import InputError
+from wsiseg.models.loading import load_model
 from wsiseg.train.datasets import discover_sources
+from wsiseg.train.evaluate import confusion_per_image
 from wsiseg.train.layouts import (
     GLAS_MPP,
     MONUSEG_MPP,
@@ -180,6 +182,14 @@ def test_cli_train_val_split_and_evaluate_on_glas_layout(glas, tmp_path: Path, c
     main(["evaluate", "--model", str(out / "best.safetensors"), "--data", str(root), "-o", str(ev)])
     result = json.loads((ev / "eval.json").read_text())
     assert result["n_slides"] == 2  # test A only, binary target found from the model's classes
+    # every pixel of each test image once, as the real-tissue benchmark scores it
+    net = load_model(out / "best.safetensors", device="cpu")
+    tests = discover_sources(root, split="test", target="binary")
+    cm = confusion_per_image(net, tests).sum(0)
+    assert result["unit"] == "image" and result["slides"] == [s.name for s in tests]
+    assert np.array_equal(np.array(result["models"]["learned (best)"]["confusion"]), cm)
+    assert cm.sum() == sum(s.size[0] * s.size[1] for s in tests)
+    assert "Dice Gland" in (ev / "eval.md").read_text()
     with pytest.raises(SystemExit) as exc:
         main(
             [

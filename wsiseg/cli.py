@@ -498,12 +498,17 @@ def evaluate(
     split: str | None,
     target: str | None,
 ) -> None:
-    """mIoU, per-class IoU and Dice, with bootstrap 95% intervals over slides."""
+    """mIoU, per-class IoU and Dice, with bootstrap 95% intervals over slides or images."""
     from tqdm import tqdm
 
     from wsiseg.fileops import atomic_path
     from wsiseg.models.loading import load_model
-    from wsiseg.train.evaluate import confusion_per_source, format_markdown, summarise
+    from wsiseg.train.evaluate import (
+        confusion_per_image,
+        confusion_per_source,
+        format_markdown,
+        summarise,
+    )
     from wsiseg.train.layouts import read_layout, target_for_classes
 
     models = [load_model(m, device=device) for m in (model, *baselines)]
@@ -520,19 +525,33 @@ def evaluate(
                 f"the model's classes ({', '.join(names)}) are not those of --target {target}"
             )
     sources = _sources(data, data_mpp, binary_labels, names, split, target)
+    # A labelled image folder (GlaS, MoNuSeg layout) is scored on every pixel of every
+    # image once, as the real-tissue benchmark scores it; slides with label GeoJSON on
+    # the tissue regions that touch a label.
+    whole = layout is not None
+    unit = "image" if whole else "slide"
     per_source = {}
     for spec, net in zip((model, *baselines), models, strict=True):
         label = f"{net.config.sampler} ({Path(spec).stem})"
-        bar = tqdm(desc=f"evaluate {label}", unit="region", file=sys.stderr, leave=False)
+        what = "image" if whole else "region"
+        bar = tqdm(desc=f"evaluate {label}", unit=what, file=sys.stderr, leave=False)
+        if whole:
+            bar.total = len(sources)
 
-        def tick(done: int, total: int, bar: Any = bar) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+            def done_image(i: int, pred: Any, truth: Any, bar: Any = bar) -> None:
+                bar.update(1)
 
-        per_source[label] = confusion_per_source(net, sources, on_region=tick)
+            per_source[label] = confusion_per_image(net, sources, on_image=done_image)
+        else:
+
+            def tick(done: int, total: int, bar: Any = bar) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            per_source[label] = confusion_per_source(net, sources, on_region=tick)
         bar.close()
-    result = summarise([s.name for s in sources], names, per_source)
+    result = summarise([s.name for s in sources], names, per_source, unit=unit)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "eval.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")

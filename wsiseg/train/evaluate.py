@@ -143,11 +143,14 @@ def summarise(
     *,
     n_boot: int = 2000,
     seed: int = 0,
+    unit: str = "slide",
 ) -> dict[str, Any]:
     """mIoU, per-class IoU/Dice and bootstrap 95% intervals over slides for each model.
 
     ``per_source`` maps model label -> [S, K, K]; the first entry is the model under
-    test and its paired differences to every other entry are reported too.
+    test and its paired differences to every other entry are reported too. Scores pool
+    the confusion matrices of all sources (every pixel weighs the same); ``unit`` names
+    a source in the report ("slide", "image").
     """
     labels = list(per_source)
     stacked = np.stack([per_source[m] for m in labels])  # [M, S, K, K]
@@ -172,6 +175,7 @@ def summarise(
                 "ci95": list(bootstrap_interval(diff)),
             }
     result["n_slides"] = len(names)
+    result["unit"] = unit
     return result
 
 
@@ -180,17 +184,28 @@ def _num(v: float) -> float | None:
 
 
 def format_markdown(result: Mapping[str, Any]) -> str:
-    """A markdown table of `summarise`'s result."""
+    """A markdown table of `summarise`'s result (IoU of every class, Dice of the objects)."""
     classes = result["classes"]
-    head = "| model | mIoU | 95% CI | " + " | ".join(f"IoU {c}" for c in classes) + " |"
-    sep = "|" + "---|" * (3 + len(classes))
+    objects = classes[1:]  # class 0 is the background
+    unit = result.get("unit", "slide")
+
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    head = (
+        "| model | mIoU | 95% CI | "
+        + " | ".join([*(f"IoU {c}" for c in classes), *(f"Dice {c}" for c in objects)])
+        + " |"
+    )
+    sep = "|" + "---|" * (3 + len(classes) + len(objects))
     rows = [head, sep]
     for label, r in result["models"].items():
-        ious = " | ".join("-" if r["iou"][c] is None else f"{r['iou'][c]:.3f}" for c in classes)
+        cells = [num(r["iou"][c]) for c in classes] + [num(r["dice"][c]) for c in objects]
         lo, hi = r["miou_ci95"]
-        rows.append(f"| {label} | {r['miou']:.4f} | {lo:.4f}-{hi:.4f} | {ious} |")
+        rows.append(f"| {label} | {r['miou']:.4f} | {lo:.4f}-{hi:.4f} | {' | '.join(cells)} |")
     lines = [
-        f"Evaluated on {result['n_slides']} slide(s); intervals: bootstrap over slides.",
+        f"Evaluated on {result['n_slides']} {unit}(s), pixels pooled; "
+        f"intervals: bootstrap over {unit}s.",
         "",
         *rows,
     ]
