@@ -35,7 +35,8 @@ import tifffile
 from PIL import Image
 
 FINALS = ("mask.ome.tif", "annotations.geojson", "overlay.png", "thumbnail.png", "summary.json")
-TIMING_KEYS = ("seconds", "wall_seconds")
+# Not part of the outputs: timings, and how many regions a resumed run took from its scratch.
+TIMING_KEYS = ("seconds", "wall_seconds", "regions_reused")
 RUN_TIMEOUT_S = 240.0
 
 # Runs `wsiseg ARGS` with an audit hook guarding the final names under $WSISEG_TEST_OUT.
@@ -188,7 +189,15 @@ class FinalFileWatch(threading.Thread):
 class Run:
     """A guarded `wsiseg segment` process with its output folder watched."""
 
-    def __init__(self, args: list[str], out: Path, log: Path, pause: str | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        out: Path,
+        log: Path,
+        pause: str | None = None,
+        options: tuple[str, ...] = (),
+    ) -> None:
+        """``wsiseg OPTIONS segment ARGS``."""
         env = dict(os.environ, WSISEG_TEST_OUT=str(out), OMP_NUM_THREADS="1")
         self.mark = log.with_suffix(".paused")
         if pause is not None:
@@ -198,7 +207,7 @@ class Run:
         self.watch.start()
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", GUARD, "segment", *args],
+                [sys.executable, "-c", GUARD, *options, "segment", *args],
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 env=env,

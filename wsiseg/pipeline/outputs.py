@@ -303,6 +303,8 @@ class SlideSummary:
     # the slide's absolute resolved path (`slide` is as given): a later batch finds the
     # folder of the same slide by it (`wsiseg.io.names.assign_output_names`)
     slide_path: str = ""
+    # regions taken from a killed run's scratch instead of computed (0 in older files)
+    regions_reused: int = 0
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -323,6 +325,7 @@ class SlideSummary:
             "backend": self.backend,
             "output_size": list(self.output_size),
             "regions": self.regions,
+            "regions_reused": self.regions_reused,
             "classes": {k: v.to_json() for k, v in self.classes.items()},
             "tissue_area_mm2": self.tissue_area_mm2,
             "detected_tissue_area_mm2": self.detected_tissue_area_mm2,
@@ -359,6 +362,7 @@ class SlideSummary:
             mpp_source=_str(d.get("mpp_source")),
             output_size=(sz[0], sz[1]) if len(sz) == 2 else (0, 0),
             regions=_int(d.get("regions")),
+            regions_reused=_int(d.get("regions_reused")),
             classes={str(k): ClassArea.from_json(v) for k, v in _mapping(d.get("classes")).items()},
             tissue_area_mm2=_num(d.get("tissue_area_mm2"), 0.0) or 0.0,
             detected_tissue_area_mm2=_num(d.get("detected_tissue_area_mm2"), 0.0) or 0.0,

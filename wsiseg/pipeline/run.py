@@ -6,7 +6,8 @@ Per slide ``OUT/<name>/``: ``mask.ome.tif``, ``annotations.geojson``, ``summary.
 it exists. A rerun skips slides done with the same `ResumeIdentity` and refuses to
 replace slides done with other inputs unless ``overwrite``. A slide the model cannot
 read (`wsiseg.pipeline.admission`) is refused before its tissue is looked for, and
-nothing is written for it, unless ``force``. The batch around this (discovery, names,
+nothing is written for it, unless ``force``. A slide killed part-way resumes from its
+finished regions (`wsiseg.pipeline.scratch`). The batch around this (discovery, names,
 locks, run.json) is `wsiseg.pipeline.batch`.
 """
 
@@ -18,7 +19,6 @@ import logging
 import platform
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,6 +54,7 @@ from wsiseg.pipeline.cluster import task_resources
 from wsiseg.pipeline.config import SegmentConfig
 from wsiseg.pipeline.outputs import ClassArea, ResumeIdentity, RoiRecord, SlideSummary
 from wsiseg.pipeline.roi import clip_roi_to_slide
+from wsiseg.pipeline.scratch import BatchRecord, Scratch, core_sha256, open_scratch, scratch_key
 from wsiseg.pipeline.stitch import Stitcher
 from wsiseg.pipeline.worker import BatchResult, predict_batch
 from wsiseg.tiling import Region, RegionPlan, plan_regions
@@ -345,12 +346,12 @@ def segment_slide(
             )
         slide_id = slide_checksum(slide)
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(".work-*"):  # scratch of a killed run on this slide
-            shutil.rmtree(stale, ignore_errors=True)
-        remove_stale_temporaries(out_dir)  # and its half-written outputs
-        work = out_dir / f".work-{uuid.uuid4().hex[:8]}"
+        remove_stale_temporaries(out_dir)  # half-written outputs of a killed run
+        batches = _batches(plan, config.batch_regions)
+        # A killed run's finished regions are reused if made for the same inputs.
+        scratch = open_scratch(out_dir, scratch_key(identity, plan, batches), discard=overwrite)
         try:
-            result = _run_regions(ref, model, config, plan, client, work, on_region)
+            result = _run_regions(ref, model, config, plan, batches, client, scratch, on_region)
             # Right before the first final rename: nobody else finished this slide meanwhile.
             if _summary_state(out_dir) != seen:
                 raise Refused(f"{out_dir}: another run wrote results meanwhile; not replaced")
@@ -372,7 +373,7 @@ def segment_slide(
                 roi,
             )
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(scratch.folder, ignore_errors=True)
         summary = replace(
             summary,
             wall_seconds=round(time.perf_counter() - t_start, 3),
@@ -398,10 +399,16 @@ class _RunResult:
     density: np.ndarray | None
     pixels_decoded: int
     seconds: dict[str, float]
+    regions_reused: int = 0
 
 
 def _submit_batches(
-    ref: SlideRef, model: ModelInfo, config: SegmentConfig, plan: RegionPlan, client: Client
+    ref: SlideRef,
+    model: ModelInfo,
+    config: SegmentConfig,
+    plan: RegionPlan,
+    batches: list[list[Region]],
+    client: Client,
 ) -> list[Future[BatchResult]]:
     """One pure task per batch, retried on errors; a dead worker's tasks are rerun anyway."""
     geometry = plan.geometry()  # regions travel in their batch only
@@ -419,7 +426,7 @@ def _submit_batches(
             retries=config.task_retries,
             resources=resources,
         )
-        for batch in _batches(plan, config.batch_regions)
+        for batch in batches
     ]
 
 
@@ -428,17 +435,35 @@ def _run_regions(
     model: ModelInfo,
     config: SegmentConfig,
     plan: RegionPlan,
+    batches: list[list[Region]],
     client: Client,
-    work: Path,
+    scratch: Scratch,
     on_region: Callable[[int, int], None] | None,
 ) -> _RunResult:
     cfg = model.config
     grid = cfg.saliency_grid_px if cfg.sampler == "learned" else None
-    stitcher = Stitcher(plan, work / "labels.zarr", density_grid=grid)
-    futures = _submit_batches(ref, model, config, plan, client)
-    total, done, decoded = len(plan.regions), 0, 0
-    seconds: dict[str, float] = {}
+    stitcher = Stitcher(plan, scratch.labels_path, density_grid=grid)
     by_index = {r.index: r for r in plan.regions}
+    reused = scratch.reusable(stitcher, batches)
+    total, done, decoded = len(plan.regions), 0, 0
+    for rec in reused.values():  # their cores are in the store already
+        if stitcher.density is not None:
+            for index, dens in zip(rec.regions, rec.densities, strict=True):
+                stitcher.add_density(by_index[index], dens)
+        decoded += rec.pixels_decoded
+        done += len(rec.regions)
+    n_reused, where = done, scratch.folder.parent
+    if n_reused:
+        msg = "%s: %d of %d regions reused from an interrupted run, %d to compute"
+        log.info(msg, where, n_reused, total, total - n_reused)
+        if on_region is not None:
+            on_region(done, total)
+    else:
+        log.info("%s: %d regions to compute", where, total)
+    todo = [b for i, b in enumerate(batches) if i not in reused]
+    batch_of = {r.index: i for i, b in enumerate(batches) for r in b}
+    futures = _submit_batches(ref, model, config, plan, todo, client)
+    seconds: dict[str, float] = {}
     try:
         for fut in as_completed(futures):
             res = _result(fut)
@@ -447,6 +472,7 @@ def _run_regions(
             if stitcher.density is not None:
                 for index, dens in res.densities:
                     stitcher.add_density(by_index[index], dens)
+            scratch.add(_batch_record(batch_of, res))  # after its cores: it may be reused
             decoded += res.pixels_decoded
             for k, v in res.seconds.items():
                 seconds[k] = seconds.get(k, 0.0) + v
@@ -465,7 +491,18 @@ def _run_regions(
             log.debug("cancelling %d region tasks failed", len(pending), exc_info=True)
         for f in futures:
             f.release()
-    return _RunResult(stitcher.labels, stitcher.density, decoded, seconds)
+    return _RunResult(stitcher.labels, stitcher.density, decoded, seconds, n_reused)
+
+
+def _batch_record(batch_of: Mapping[int, int], res: BatchResult) -> BatchRecord:
+    """The scratch record of a finished batch."""
+    return BatchRecord(
+        batch=batch_of[res.cores[0][0]],
+        regions=tuple(index for index, _ in res.cores),
+        sha256=tuple(core_sha256(core) for _, core in res.cores),
+        pixels_decoded=res.pixels_decoded,
+        densities=tuple(dens for _, dens in res.densities),
+    )
 
 
 def _result(fut: Future[BatchResult]) -> BatchResult:
@@ -601,6 +638,7 @@ def _write_outputs(
         mpp_source="",
         output_size=(w, h),
         regions=len(plan.regions),
+        regions_reused=result.regions_reused,
         classes=classes,
         tissue_area_mm2=round(tissue_px * px_mm2, 6),
         detected_tissue_area_mm2=round(level0_tissue * (plan.mpp / 1000.0) ** 2, 6),
