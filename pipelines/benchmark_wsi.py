@@ -18,52 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
 import psutil
 
+from wsiseg.bench.wholeslide import TreeRSS, bench_slide
 from wsiseg.cli import invoke
 from wsiseg.export.ome_tiff import read_label_ome_tiff
 from wsiseg.train.datasets import LabelMask
 from wsiseg.train.metrics import confusion_matrix, mean_iou
 
 
-class PeakRSS:
-    """Peak of the summed RSS of this process and all its descendants."""
-
-    def __init__(self, interval: float = 0.2) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process(os.getpid())
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run_one(slide: Path, mask: Path, model: Path, out: Path, workers: int) -> dict:
     args = ["segment", str(slide), "-o", str(out), "--model", str(model), "--workers", str(workers)]
     t0 = time.perf_counter()
-    with PeakRSS() as rss:
+    with TreeRSS() as rss:
         invoke(args, echo=False)
     wall = time.perf_counter() - t0
     summary = json.loads((out / slide.stem / "summary.json").read_text())
@@ -96,24 +66,7 @@ def main() -> None:
     a = p.parse_args()
     rows = []
     for size in a.sizes:
-        name = f"bench-{size}"
-        slide, mask = a.work / "slides" / f"{name}.tiff", a.work / "slides" / f"{name}_mask.tiff"
-        if not mask.exists():
-            invoke(
-                [
-                    "synth",
-                    "-o",
-                    str(slide.parent),
-                    "--name",
-                    name,
-                    "--seed",
-                    str(7000 + size),
-                    "--width",
-                    str(size),
-                    "--height",
-                    str(size),
-                ]
-            )
+        slide, mask = bench_slide(a.work / "slides", size, size)
         row: dict = {"size_px": size}
         models = [("learned", a.learned)] + ([] if a.learned_only else [("tiled", a.tiled)])
         for label, ckpt in models:
