@@ -349,7 +349,8 @@ def segment_slide(
         remove_stale_temporaries(out_dir)  # half-written outputs of a killed run
         batches = _batches(plan, config.batch_regions)
         # A killed run's finished regions are reused if made for the same inputs.
-        scratch = open_scratch(out_dir, scratch_key(identity, plan, batches), discard=overwrite)
+        key = scratch_key(identity, plan, batches, config.device)
+        scratch = open_scratch(out_dir, key, discard=overwrite)
         try:
             result = _run_regions(ref, model, config, plan, batches, client, scratch, on_region)
             # Right before the first final rename: nobody else finished this slide meanwhile.

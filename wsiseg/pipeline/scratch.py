@@ -5,8 +5,8 @@ While a slide runs, ``OUT/<name>/.work-XXXXXXXX/`` holds its stitched labels
 record per finished batch of regions, ``done/NNNNNN.json`` (its region indices, the
 SHA-256 of each core as written, their sampling densities and the pixels decoded),
 written by a rename after the batch's cores. ``XXXXXXXX`` hashes the scratch key (the
-slide's `ResumeIdentity`, the wsiseg version and the plan of regions and batches), which
-``key.json`` holds in full.
+slide's `ResumeIdentity`, the wsiseg version, the plan of regions and batches, and the
+device asked for), which ``key.json`` holds in full.
 
 A rerun of a killed slide with the same key reuses every batch whose record parses and
 whose cores are stored with the recorded checksums, and computes the others in the same
@@ -50,10 +50,14 @@ def core_sha256(core: np.ndarray) -> str:
 
 
 def scratch_key(
-    identity: ResumeIdentity, plan: RegionPlan, batches: Sequence[Sequence[Region]]
+    identity: ResumeIdentity,
+    plan: RegionPlan,
+    batches: Sequence[Sequence[Region]],
+    device: str = "",
 ) -> dict[str, Any]:
-    """What a slide's scratch is valid for: its identity, the wsiseg version and a hash
-    of the plan (grid, regions, batches). JSON-ready."""
+    """What a slide's scratch is valid for: its identity, the wsiseg version, a hash of
+    the plan (grid, regions, batches) and the ``--device`` asked for (not part of the
+    identity, but one slide's regions are not mixed across devices). JSON-ready."""
     geometry = plan.geometry()
     layout = {
         "grid": [
@@ -71,6 +75,7 @@ def scratch_key(
     return {
         "wsiseg": __version__,
         "identity": identity.to_json(),
+        "device": device,
         "plan_sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
 
