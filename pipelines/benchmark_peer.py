@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.setup:
         setup_venv(a.venv)
         return 0
+    commit = git_commit(REPO)  # before the runs: the code that runs
     slide, _ = bench_slide(a.slides, a.size, a.size)
     stamp = int(time.time())
     ours = measure_segment(
@@ -182,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / "out" / slide.stem, ignore_errors=True)
     ok = ours["exit_code"] == 0 and peer.get("exit_code") == 0
     ratio = round(peer["wall_s"] / ours["wall_s"], 2) if ok else None
-    commit = git_commit(REPO)
     run = {
         "slide": str(slide),
         "size_px": [a.size, a.size],
