@@ -40,6 +40,7 @@ _GAP_PX = 4
 _SWATCH_PX = 12
 _LEGEND_ROW_PX = 18
 _WHITE = (255, 255, 255)
+_BAND_ROWS = 256  # overlay rows drawn at a time
 
 
 def viridis(values: np.ndarray) -> np.ndarray:
@@ -90,14 +91,40 @@ def _edges(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _density_panel(density: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _blend_rows(
+    thumb: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float, r0: int, r1: int
+) -> np.ndarray:
+    """Rows ``r0:r1`` of the overlay: class colours blended in, outlines drawn."""
+    top = max(0, r0 - 1)  # outlines look one row up and down
+    context = labels[top : min(labels.shape[0], r1 + 1)].astype(np.intp)
+    rows = slice(r0 - top, r1 - top)
+    lab = context[rows]
+    part = thumb[r0:r1]
+    out = part.copy()
+    inside = lab != 0
+    blend = (1 - alpha) * part[inside] + alpha * colours[lab[inside]]
+    out[inside] = np.round(blend).astype(np.uint8)
+    edge = _edges(context)[rows]
+    out[edge] = colours[lab[edge]].astype(np.uint8)
+    return out
+
+
+def _density_scaled(density: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, float, float]:
+    """The density resized to ``shape`` and the range of its finite values."""
     d = np.asarray(density, np.float32)
     if d.ndim != 2:
         raise ValueError(f"density must be 2-D, got shape {d.shape}")
     if d.shape != shape:
         d = np.asarray(Image.fromarray(d).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
-    finite = d[np.isfinite(d)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    finite = np.isfinite(d)
+    if not finite.any():
+        return d, 0.0, 1.0
+    lo = float(np.min(d, where=finite, initial=np.inf))
+    return d, lo, float(np.max(d, where=finite, initial=-np.inf))
+
+
+def _density_rows(d: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Rows of the density panel (viridis of the min-max normalised density)."""
     return viridis((d - lo) / (hi - lo) if hi > lo else np.zeros_like(d))
 
 
@@ -182,23 +209,22 @@ def render_overlay(
         raise ValueError(f"labels up to {int(labels.max())} but {len(colours)} class colours")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    labels = labels.astype(np.intp, copy=False)
-    out = thumb.copy()
-    inside = labels != 0
-    blend = (1 - alpha) * thumb[inside] + alpha * colours[labels[inside]]
-    out[inside] = np.round(blend).astype(np.uint8)
-    edge = _edges(labels)
-    out[edge] = colours[labels[edge]].astype(np.uint8)
-
-    if density is not None:
-        gap = np.full((h, _GAP_PX, 3), 255, np.uint8)
-        out = np.concatenate([out, gap, _density_panel(density, (h, w))], axis=1)
-    if legend is not None:
-        if len(legend) != len(colours):
-            raise ValueError(f"{len(legend)} legend names for {len(colours)} class colours")
-        out = np.concatenate(
-            [out, _legend(out.shape[1], legend, colours, density is not None)], axis=0
-        )
+    scaled = _density_scaled(density, (h, w)) if density is not None else None
+    if legend is not None and len(legend) != len(colours):
+        raise ValueError(f"{len(legend)} legend names for {len(colours)} class colours")
+    width = w if scaled is None else 2 * w + _GAP_PX
+    strip = None if legend is None else _legend(width, legend, colours, scaled is not None)
+    out = np.empty((h + (0 if strip is None else strip.shape[0]), width, 3), np.uint8)
+    # Band by band: the float temporaries stay a band's size, whatever the thumbnail's.
+    for r0 in range(0, h, _BAND_ROWS):
+        r1 = min(h, r0 + _BAND_ROWS)
+        out[r0:r1, :w] = _blend_rows(thumb, labels, colours, alpha, r0, r1)
+        if scaled is not None:
+            d, lo, hi = scaled
+            out[r0:r1, w : w + _GAP_PX] = 255
+            out[r0:r1, w + _GAP_PX :] = _density_rows(d[r0:r1], lo, hi)
+    if strip is not None:
+        out[h:] = strip
     return out
 
 
