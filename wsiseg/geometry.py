@@ -351,22 +351,29 @@ def polygons_to_mask(
     shape: tuple[int, int],
     scale: float = 1.0,
     offset: tuple[float, float] = (0.0, 0.0),
+    *,
+    rows: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Rasterise ``geom`` (level-0 units) into a mask of ``shape`` whose pixel is ``scale`` units.
 
     A pixel is inside when its centre is inside the geometry (holes excluded).
     ``offset`` (x, y) is the level-0 position of the mask's top-left corner.
     Scanline even-odd fill over all rings, so the cost is O(pixels + crossings);
-    overlapping parts are made valid (merged) first.
+    overlapping parts are made valid (merged) first. ``rows=(r0, r1)`` rasterises
+    only those rows of the ``shape`` mask (a band, for bounded memory): the same
+    arithmetic, so the band equals ``polygons_to_mask(geom, shape, ...)[r0:r1]``.
 
     Returns
     -------
-    ndarray of bool, shape ``shape``
+    ndarray of bool, shape ``shape`` (``(r1 - r0, w)`` with ``rows``)
     """
     h, w = int(shape[0]), int(shape[1])
-    out = np.zeros((h, w), bool)
+    r0, r1 = (0, h) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= r0 <= r1 <= h:
+        raise ValueError(f"rows {rows} are not a range of the mask's {h} rows")
+    out = np.zeros((r1 - r0, w), bool)
     rings = shapely.get_rings(np.asarray(as_multipolygon(geom).geoms))
-    if rings.size == 0 or h == 0 or w == 0:
+    if rings.size == 0 or r1 == r0 or w == 0:
         return out
     xy, ring_idx = shapely.get_coordinates(rings, return_index=True)
     xy = (xy - np.asarray(offset, np.float64)) / scale
@@ -374,20 +381,20 @@ def polygons_to_mask(
     x0, y0 = xy[:-1, 0][same], xy[:-1, 1][same]
     x1, y1 = xy[1:, 0][same], xy[1:, 1][same]
     # Scanline through pixel centres y = r + 0.5, half-open in y: ymin <= yc < ymax.
-    r_lo = np.clip(np.ceil(np.minimum(y0, y1) - 0.5), 0, h).astype(np.int64)
-    r_hi = np.clip(np.ceil(np.maximum(y0, y1) - 0.5), 0, h).astype(np.int64)
+    r_lo = np.clip(np.ceil(np.minimum(y0, y1) - 0.5), r0, r1).astype(np.int64)
+    r_hi = np.clip(np.ceil(np.maximum(y0, y1) - 0.5), r0, r1).astype(np.int64)
     count = np.maximum(r_hi - r_lo, 0)
     total = int(count.sum())
     if total == 0:
         return out
     edge = np.repeat(np.arange(count.size), count)
-    rows = r_lo[edge] + np.arange(total) - np.repeat(np.cumsum(count) - count, count)
-    yc = rows + 0.5
+    row = r_lo[edge] + np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+    yc = row + 0.5
     xc = x0[edge] + (yc - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
     # A crossing at x toggles every pixel whose centre lies right of it.
     first_col = np.clip(np.floor(xc - 0.5) + 1, 0, w).astype(np.int64)
-    flat, n_cross = np.unique(rows * (w + 1) + first_col, return_counts=True)
-    toggles = np.zeros(h * (w + 1), np.uint8)
+    flat, n_cross = np.unique((row - r0) * (w + 1) + first_col, return_counts=True)
+    toggles = np.zeros((r1 - r0) * (w + 1), np.uint8)
     toggles[flat[n_cross % 2 == 1]] = 1
-    out[:] = np.bitwise_xor.accumulate(toggles.reshape(h, w + 1), axis=1)[:, :w]
+    out[:] = np.bitwise_xor.accumulate(toggles.reshape(r1 - r0, w + 1), axis=1)[:, :w]
     return out

@@ -67,6 +67,7 @@ __all__ = [
     "checked_model",
     "SlideCheck",
     "SlideOutcome",
+    "WRITE_BAND_PIXELS",
     "model_config_digest",
     "model_info",
     "resolve_output_mpp",
@@ -523,30 +524,109 @@ def _result(fut: Future[BatchResult]) -> BatchResult:
     return res
 
 
-def _class_counts(
-    labels: np.ndarray, inside: np.ndarray | None, plan: RegionPlan, num_classes: int
+#: Output pixels per band when a slide's outputs are written: the label raster is read,
+#: masked to the ROI, counted and subsampled one band of rows at a time (whole chunk
+#: rows where the budget allows), so the driver never holds the whole raster.
+WRITE_BAND_PIXELS = 1 << 24
+_BINCOUNT_PIXELS = 1 << 20  # np.bincount widens uint8 to intp: count in pieces
+
+
+def _band_rows(width: int, chunk_rows: int, band_pixels: int) -> int:
+    """Rows per band: as many whole chunk rows as fit ``band_pixels`` (at least one),
+    or fewer rows than a chunk when even one chunk row does not fit."""
+    rows = max(1, band_pixels // max(1, width))
+    return rows - rows % chunk_rows if rows >= chunk_rows else rows
+
+
+def _bincount(values: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixels per class id below ``num_classes`` (int64), in bounded memory."""
+    flat = values.ravel()
+    out = np.zeros(num_classes, np.int64)
+    for i in range(0, flat.size, _BINCOUNT_PIXELS):
+        out += np.bincount(flat[i : i + _BINCOUNT_PIXELS], minlength=num_classes)[:num_classes]
+    return out
+
+
+def _band_counts(
+    band: np.ndarray,
+    inside: np.ndarray | None,
+    row0: int,
+    shape: tuple[int, int],
+    num_classes: int,
 ) -> np.ndarray:
-    """Output pixels per class, the last row and column weighted by the share of them
-    on the slide (they reach past its edge when its size is not a whole number of
-    output pixels), so areas never exceed the slide's; ``inside``: the ROI's pixels."""
-    h, w = labels.shape
+    """Integer class counts of a band (rows ``row0``.. of a raster of ``shape``), shape
+    ``(4, num_classes)``: all its pixels; the raster's last column, its last row, both
+    without their corner; the corner. ``inside``: the band's ROI pixels."""
+    h, w = shape
+    row1 = row0 + band.shape[0]
+    out = np.zeros((4, num_classes), np.int64)
+
+    def count(rows: slice, cols: slice) -> np.ndarray:
+        part = band[rows, cols]
+        return _bincount(part if inside is None else part[inside[rows, cols]], num_classes)
+
+    out[0] = count(slice(None), slice(None))
+    out[1] = count(slice(0, max(0, min(row1, h - 1) - row0)), slice(w - 1, w))
+    if row1 == h:
+        last = slice(h - 1 - row0, h - row0)
+        out[2] = count(last, slice(0, w - 1))
+        out[3] = count(last, slice(w - 1, w))
+    return out
+
+
+def _weighted_counts(parts: np.ndarray, plan: RegionPlan, shape: tuple[int, int]) -> np.ndarray:
+    """Output pixels per class from `_band_counts` summed over a raster of ``shape``, the
+    last row and column weighted by the share of them on the slide (they reach past its
+    edge when its size is not a whole number of output pixels), so areas never exceed
+    the slide's."""
+    h, w = shape
     scale = plan.mpp / plan.output_mpp
     fx = min(max(plan.slide_size[0] * scale - (w - 1), 0.0), 1.0)
     fy = min(max(plan.slide_size[1] * scale - (h - 1), 0.0), 1.0)
-
-    def count(part: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
-        values = part if keep is None else part[keep]
-        return np.bincount(values.ravel(), minlength=num_classes)[:num_classes].astype(float)
-
-    def sub(rows: slice, cols: slice) -> np.ndarray:
-        return count(labels[rows, cols], None if inside is None else inside[rows, cols])
-
-    last_row, last_col = slice(h - 1, h), slice(w - 1, w)
-    counts = count(labels, inside)
-    counts += (fx - 1.0) * sub(slice(0, h - 1), last_col)  # last column, corner excluded
-    counts += (fy - 1.0) * sub(last_row, slice(0, w - 1))  # last row, corner excluded
-    counts += (fx * fy - 1.0) * sub(last_row, last_col)  # the corner
+    counts: np.ndarray = parts[0].astype(float)
+    counts += (fx - 1.0) * parts[1].astype(float)  # last column, corner excluded
+    counts += (fy - 1.0) * parts[2].astype(float)  # last row, corner excluded
+    counts += (fx * fy - 1.0) * parts[3].astype(float)  # the corner
     return counts
+
+
+@dataclass
+class _LabelScan:
+    counts: np.ndarray  # output pixels per class (`_weighted_counts`), ROI only
+    small: np.ndarray  # the labels on the thumbnail's grid (nearest neighbour)
+
+
+def _scan_labels(
+    labels: Any,
+    roi: BaseGeometry | None,
+    plan: RegionPlan,
+    num_classes: int,
+    thumb_shape: tuple[int, int],
+    band_pixels: int | None = None,
+) -> _LabelScan:
+    """One pass over the zarr label raster, band by band (`WRITE_BAND_PIXELS`): pixels
+    outside ``roi`` set to background and written back, class pixels counted, and the
+    raster subsampled to the thumbnail's grid for the overlay."""
+    h, w = (int(v) for v in labels.shape)
+    step = _band_rows(w, int(labels.chunks[0]), band_pixels or WRITE_BAND_PIXELS)
+    th, tw = thumb_shape
+    ys = np.minimum((np.arange(th) * h / th).astype(int), h - 1)
+    xs = np.minimum((np.arange(tw) * w / tw).astype(int), w - 1)
+    small = np.zeros((th, tw), labels.dtype)
+    parts = np.zeros((4, num_classes), np.int64)
+    downsample = plan.output_mpp / plan.mpp
+    for r0 in range(0, h, step):
+        r1 = min(h, r0 + step)
+        band = np.asarray(labels[r0:r1])
+        inside = None
+        if roi is not None:
+            inside = polygons_to_mask(roi, (h, w), scale=downsample, rows=(r0, r1))
+            band *= inside  # background outside the ROI
+            labels[r0:r1] = band
+        parts += _band_counts(band, inside, r0, (h, w), num_classes)
+        a, b = np.searchsorted(ys, (r0, r1))
+        small[a:b] = band[(ys[a:b] - r0)[:, None], xs[None, :]]
+    return _LabelScan(_weighted_counts(parts, plan, (h, w)), small)
 
 
 def _write_outputs(
@@ -572,17 +652,13 @@ def _write_outputs(
     out_mpp = plan.output_mpp
     names, colours = list(cfg.class_names), [c[1] for c in cfg.classes]
     downsample = out_mpp / plan.mpp
-    labels = np.asarray(result.labels[:])
-    inside: np.ndarray | None = None
-    if roi is not None:
-        inside = polygons_to_mask(roi, labels.shape, scale=downsample)
-        labels = np.where(inside, labels, 0).astype(labels.dtype)
-        result.labels[:] = labels
+    # The label raster stays in its zarr store; one pass of bands masks it to the ROI.
+    scan = _scan_labels(result.labels, roi, plan, cfg.num_classes, thumb.shape[:2])
     write_label_ome_tiff(
         out_dir / "mask.ome.tif", result.labels, (out_mpp, out_mpp), names, colours, overwrite=True
     )
     features = labels_to_features(
-        labels,
+        result.labels,
         downsample=downsample,
         class_names=names,
         class_colours=colours,
@@ -595,9 +671,6 @@ def _write_outputs(
     write_geojson(out_dir / "annotations.geojson", features, overwrite=True)
     # Overlay: labels and density brought to the thumbnail's grid.
     th, tw = thumb.shape[:2]
-    ys = np.minimum((np.arange(th) * labels.shape[0] / th).astype(int), labels.shape[0] - 1)
-    xs = np.minimum((np.arange(tw) * labels.shape[1] / tw).astype(int), labels.shape[1] - 1)
-    small = labels[ys[:, None], xs[None, :]]
     dens_small = None
     if result.density is not None:
         d = result.density
@@ -606,11 +679,11 @@ def _write_outputs(
         dens_small = d[dy[:, None], dx[None, :]]
     write_png(
         out_dir / "overlay.png",
-        render_overlay(thumb, small, colours, density=dens_small, legend=names),
+        render_overlay(thumb, scan.small, colours, density=dens_small, legend=names),
         overwrite=True,
     )
     write_png(out_dir / "thumbnail.png", thumb, overwrite=True)
-    counts = _class_counts(labels, inside, plan, cfg.num_classes)
+    counts = scan.counts
     px_mm2 = (out_mpp / 1000.0) ** 2
     tissue_px = float(counts[1:].sum())
     level0_tissue = tissue.area_level0_px
