@@ -249,7 +249,7 @@ def _whole_overlay(
 
 @pytest.mark.parametrize("density", ["none", "same", "coarse", "nan", "flat"])
 def test_render_overlay_in_bands_equals_whole(
-    monkeypatch: pytest.MonkeyPatch, density: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, density: str
 ) -> None:
     rng = np.random.default_rng(8)
     h, w = 61, 83
@@ -265,10 +265,15 @@ def test_render_overlay_in_bands_equals_whole(
     }[density]
     legend = ["bg", "a", "b", "c"]
     want = _whole_overlay(thumb, labels, colours, 0.45, dens, legend)
+    width = want.shape[1]
     for rows in (1, 7, 60, 1000):
-        monkeypatch.setattr(overlay, "_BAND_ROWS", rows)
+        monkeypatch.setattr(overlay, "_BAND_PIXELS", rows * width)
         got = overlay.render_overlay(thumb, labels, colours, density=dens, legend=legend)
         np.testing.assert_array_equal(got, want)
+        a, b = tmp_path / f"a{rows}.png", tmp_path / f"b{rows}.png"
+        overlay.write_png(a, want)
+        overlay.write_overlay_png(b, thumb, labels, colours, density=dens, legend=legend)
+        assert a.read_bytes() == b.read_bytes()
     np.testing.assert_array_equal(
         overlay.render_overlay(thumb, labels, colours, alpha=0.8),
         _whole_overlay(thumb, labels, colours, 0.8, None, None),

@@ -20,7 +20,7 @@ from wsiseg.export.ome_tiff import (
     read_label_ome_tiff,
     write_label_ome_tiff,
 )
-from wsiseg.export.overlay import render_overlay, viridis, write_png
+from wsiseg.export.overlay import render_overlay, viridis, write_overlay_png, write_png
 from wsiseg.export.report import render_report, write_report
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "viridis",
     "write_geojson",
     "write_label_ome_tiff",
+    "write_overlay_png",
     "write_png",
     "write_report",
 ]

@@ -9,7 +9,7 @@ anchor colours, so no plotting library is needed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from wsiseg.fileops import atomic_path
 
-__all__ = ["render_overlay", "viridis", "write_png"]
+__all__ = ["render_overlay", "viridis", "write_overlay_png", "write_png"]
 
 # viridis at 0, 0.1, ..., 1 (matplotlib's colormap, sampled).
 _VIRIDIS_ANCHORS = np.array(
@@ -40,7 +40,7 @@ _GAP_PX = 4
 _SWATCH_PX = 12
 _LEGEND_ROW_PX = 18
 _WHITE = (255, 255, 255)
-_BAND_ROWS = 256  # overlay rows drawn at a time
+_BAND_PIXELS = 1 << 18  # overlay pixels drawn at a time (bounds the float temporaries)
 
 
 def viridis(values: np.ndarray) -> np.ndarray:
@@ -201,6 +201,51 @@ def render_overlay(
         ``W = w`` (or ``2 * w + 4`` with a density panel), ``H = h`` plus the
         legend strip.
     """
+    (height, width), bands = _overlay_bands(
+        thumbnail_rgb, labels_small, class_colours, alpha, density, legend
+    )
+    out = np.empty((height, width, 3), np.uint8)
+    row = 0
+    for band in bands:
+        out[row : row + band.shape[0]] = band
+        row += band.shape[0]
+    return out
+
+
+def write_overlay_png(
+    path: str | Path,
+    thumbnail_rgb: np.ndarray,
+    labels_small: np.ndarray,
+    class_colours: Sequence[tuple[int, int, int]],
+    *,
+    alpha: float = 0.45,
+    density: np.ndarray | None = None,
+    legend: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """`write_png` of `render_overlay` (the same file), drawn band by band into the
+    image that is encoded: no second copy of the whole overlay is held."""
+    (height, width), bands = _overlay_bands(
+        thumbnail_rgb, labels_small, class_colours, alpha, density, legend
+    )
+    img = Image.new("RGB", (width, height))
+    row = 0
+    for band in bands:
+        img.paste(Image.fromarray(band), (0, row))
+        row += band.shape[0]
+    return _save_png(path, img, overwrite)
+
+
+def _overlay_bands(
+    thumbnail_rgb: np.ndarray,
+    labels_small: np.ndarray,
+    class_colours: Sequence[tuple[int, int, int]],
+    alpha: float,
+    density: np.ndarray | None,
+    legend: Sequence[str] | None,
+) -> tuple[tuple[int, int], Iterator[np.ndarray]]:
+    """The overlay's (height, width) and its rows, band after band, the legend last
+    (`render_overlay` describes it). The inputs are checked before the first band."""
     thumb = _as_rgb(thumbnail_rgb)
     h, w = thumb.shape[:2]
     colours = np.asarray(class_colours, np.float64).reshape(-1, 3)
@@ -214,18 +259,22 @@ def render_overlay(
         raise ValueError(f"{len(legend)} legend names for {len(colours)} class colours")
     width = w if scaled is None else 2 * w + _GAP_PX
     strip = None if legend is None else _legend(width, legend, colours, scaled is not None)
-    out = np.empty((h + (0 if strip is None else strip.shape[0]), width, 3), np.uint8)
-    # Band by band: the float temporaries stay a band's size, whatever the thumbnail's.
-    for r0 in range(0, h, _BAND_ROWS):
-        r1 = min(h, r0 + _BAND_ROWS)
-        out[r0:r1, :w] = _blend_rows(thumb, labels, colours, alpha, r0, r1)
-        if scaled is not None:
-            d, lo, hi = scaled
-            out[r0:r1, w : w + _GAP_PX] = 255
-            out[r0:r1, w + _GAP_PX :] = _density_rows(d[r0:r1], lo, hi)
-    if strip is not None:
-        out[h:] = strip
-    return out
+
+    def bands() -> Iterator[np.ndarray]:
+        step = max(1, _BAND_PIXELS // max(1, width))
+        for r0 in range(0, h, step):
+            r1 = min(h, r0 + step)
+            band = np.empty((r1 - r0, width, 3), np.uint8)
+            band[:, :w] = _blend_rows(thumb, labels, colours, alpha, r0, r1)
+            if scaled is not None:
+                d, lo, hi = scaled
+                band[:, w : w + _GAP_PX] = 255
+                band[:, w + _GAP_PX :] = _density_rows(d[r0:r1], lo, hi)
+            yield band
+        if strip is not None:
+            yield strip
+
+    return (h + (0 if strip is None else strip.shape[0]), width), bands()
 
 
 def write_png(path: str | Path, rgb: np.ndarray, *, overwrite: bool = False) -> Path:
@@ -236,8 +285,11 @@ def write_png(path: str | Path, rgb: np.ndarray, *, overwrite: bool = False) -> 
     FileExistsError
         ``path`` exists and ``overwrite`` is False.
     """
+    return _save_png(path, Image.fromarray(_as_rgb(rgb)), overwrite)
+
+
+def _save_png(path: str | Path, img: Image.Image, overwrite: bool) -> Path:
     path = Path(path)
-    img = Image.fromarray(_as_rgb(rgb))
     with atomic_path(path, overwrite=overwrite) as tmp:
         img.save(tmp, format="PNG", optimize=False)
     return path

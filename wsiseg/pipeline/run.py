@@ -34,7 +34,7 @@ from wsiseg import __version__
 from wsiseg.errors import InputError, WsisegError
 from wsiseg.export.geojson import labels_to_features, write_geojson
 from wsiseg.export.ome_tiff import write_label_ome_tiff
-from wsiseg.export.overlay import render_overlay, write_png
+from wsiseg.export.overlay import write_overlay_png, write_png
 from wsiseg.fileops import atomic_path, remove_stale_temporaries
 from wsiseg.geometry import polygons_to_mask
 from wsiseg.io import open_slide
@@ -677,9 +677,13 @@ def _write_outputs(
         dy = np.minimum((np.arange(th) * d.shape[0] / th).astype(int), d.shape[0] - 1)
         dx = np.minimum((np.arange(tw) * d.shape[1] / tw).astype(int), d.shape[1] - 1)
         dens_small = d[dy[:, None], dx[None, :]]
-    write_png(
+    write_overlay_png(
         out_dir / "overlay.png",
-        render_overlay(thumb, scan.small, colours, density=dens_small, legend=names),
+        thumb,
+        scan.small,
+        colours,
+        density=dens_small,
+        legend=names,
         overwrite=True,
     )
     write_png(out_dir / "thumbnail.png", thumb, overwrite=True)
