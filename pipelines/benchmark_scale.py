@@ -325,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", default=None, help="N or WxH px (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help=f"one {QUICK_SIZE} slide, results in WORK")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--cluster",
+        default="local",
+        help="passed to wsiseg segment: local (processes) or threads; results keyed SIZE-CLUSTER "
+        "when not local",
+    )
     p.add_argument("--model", default="default")
     p.add_argument("--device", default=None, help="passed to wsiseg segment (default: its own)")
     p.add_argument("--slides", type=Path, default=REPO / "runs" / "bench-slides")
@@ -360,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     runs: dict[str, Any] = {}
     for w, h in dims:
-        key = size_key(w, h)
+        key = size_key(w, h) + ("" if a.cluster == "local" else f"-{a.cluster}")
         t0 = time.time()
         slide, _ = bench_slide(a.slides, w, h)
         print(f"{key}: slide ready ({time.time() - t0:.0f} s); segmenting", flush=True)
@@ -373,11 +379,13 @@ def main(argv: list[str] | None = None) -> int:
             device=a.device,
             timeout_s=a.timeout,
             src=src,
+            extra=("--cluster", a.cluster),
         )
         r.update(
             slide=str(slide),
             size_px=[w, h],
             workers=a.workers,
+            cluster=a.cluster,
             model=a.model,
             device=a.device or "auto",
             when=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

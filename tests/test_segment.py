@@ -80,11 +80,17 @@ def summary_names(summary: dict) -> list[str]:
     return list(summary["classes"])
 
 
-def test_two_workers_identical(one_worker: Path, slides: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cluster", ["local", "threads"])
+def test_two_workers_identical(
+    one_worker: Path, slides: Path, tmp_path: Path, cluster: str
+) -> None:
+    """Two worker processes, or two worker threads in the driver's process (no spawned
+    processes: one torch, one model), give what one worker process gives."""
     out2 = tmp_path / "out2"
-    assert (
-        run_cli(["segment", str(slides), "-o", str(out2), "--workers", "2", "--device", "cpu"]) == 0
-    )
+    args = ["segment", str(slides), "-o", str(out2), "--workers", "2", "--device", "cpu"]
+    assert run_cli([*args, "--cluster", cluster]) == 0
+    run = json.loads((out2 / "run.json").read_text())
+    assert [s["status"] for s in run["slides"]] == ["done", "done"]
     for name in ("held-out-901", "held-out-902"):
         a = read_label_ome_tiff(one_worker / name / "mask.ome.tif")
         b = read_label_ome_tiff(out2 / name / "mask.ome.tif")

@@ -679,7 +679,9 @@ class _Bars:
     "--cluster",
     default="local",
     show_default=True,
-    help="'local', tcp://host:port, a packaged profile (slurm-cpu, slurm-gpu) or a cluster YAML.",
+    help="'local' (worker processes), 'threads' (worker threads in this process: less "
+    "memory and start-up), tcp://host:port, a packaged profile (slurm-cpu, slurm-gpu) or "
+    "a cluster YAML.",
 )
 @click.option(
     "--mpp",

@@ -40,7 +40,7 @@ from wsiseg.fileops import atomic_path, remove_stale_temporaries
 from wsiseg.io.discovery import discover_slides
 from wsiseg.io.names import assign_output_names
 from wsiseg.models.loading import resolve_device
-from wsiseg.pipeline.cluster import check_workers, open_client
+from wsiseg.pipeline.cluster import check_workers, is_local, open_client
 from wsiseg.pipeline.config import SegmentConfig
 from wsiseg.pipeline.locks import LockBusy, file_lock, lock_path
 from wsiseg.pipeline.outputs import RunRecord, SlideRecord, SlideSummary, merge_slide_records
@@ -266,7 +266,7 @@ def run_batch(
     if config.output_mpp is not None:  # the allowed value it was snapped to
         config = replace(config, output_mpp=output_mpp)
         settings = replace(settings, config=config)
-    if settings.cluster == "local":
+    if is_local(settings.cluster):
         resolve_device(config.device)  # remote workers may have GPUs the driver lacks
     roi: BaseGeometry | None = load_roi(settings.roi) if settings.roi is not None else None
     every = [str(p) for p in discover_slides(list(inputs))]

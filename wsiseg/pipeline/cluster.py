@@ -5,6 +5,9 @@
 ``local``
     A :class:`distributed.LocalCluster` on this machine: one single-threaded worker
     process per core (or ``workers``), with ``OMP_NUM_THREADS=1``.
+``threads``
+    The same in this process: one worker with a thread per core (or ``workers``), no
+    spawned processes (one copy of torch and of the model; faster to start, less memory).
 ``tcp://host:port`` (or ``tls://``, ``inproc://``)
     An already running dask scheduler.
 a packaged name (``slurm-cpu``, ``slurm-gpu``, ...)
@@ -66,7 +69,9 @@ __all__ = [
     "ClusterConfig",
     "DEFAULT_WAIT_TIMEOUT_S",
     "WORKER_MEMORY_BYTES",
+    "LOCAL_CLUSTERS",
     "check_workers",
+    "is_local",
     "default_workers",
     "local_worker_cap",
     "load_cluster_config",
@@ -81,6 +86,8 @@ log = logging.getLogger(__name__)
 #: Seconds to wait for the first SLURM worker when the YAML does not say.
 DEFAULT_WAIT_TIMEOUT_S = 600.0
 
+#: ``--cluster`` values that run the workers on this machine.
+LOCAL_CLUSTERS = ("local", "threads")
 _ADDRESS_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
 _WSISEG_KEYS = {"jobs", "adapt", "wait_timeout_s", "task_resources"}
 _UNSET = object()
@@ -131,7 +138,7 @@ def check_workers(cluster: str, workers: int | None) -> None:
         return
     if workers < 1:
         raise InputError(f"--workers {workers}: need at least 1")
-    if cluster == "local":
+    if is_local(cluster):
         cap, why = local_worker_cap()
         if workers > cap:
             raise InputError(f"--workers {workers}: this machine holds at most {cap} ({why})")
@@ -316,9 +323,14 @@ def load_cluster_config(path: Path | str, *, packaged: bool = False) -> ClusterC
     )
 
 
+def is_local(cluster: str) -> bool:
+    """True for the clusters on this machine (``local`` processes, ``threads``)."""
+    return cluster in LOCAL_CLUSTERS
+
+
 def _resolve_cluster(cluster: str) -> ClusterConfig | None:
-    """None for ``local``/addresses; else the cluster profile that ``cluster`` names."""
-    if cluster == "local" or cluster.startswith(_ADDRESS_SCHEMES):
+    """None for ``local``/``threads``/addresses; else the cluster profile ``cluster`` names."""
+    if is_local(cluster) or cluster.startswith(_ADDRESS_SCHEMES):
         return None
     p = Path(cluster).expanduser()
     if p.suffix.lower() in (".yaml", ".yml") or os.sep in cluster or p.is_file():
@@ -331,7 +343,7 @@ def _resolve_cluster(cluster: str) -> ClusterConfig | None:
         path = packaged("clusters", cluster)
     except InputError as exc:
         raise InputError(
-            f"--cluster {cluster!r}: expected 'local', a scheduler address tcp://host:port, "
+            f"--cluster {cluster!r}: expected 'local', 'threads', a scheduler address tcp://host:port, "
             f"a YAML file or a packaged cluster profile ({', '.join(packaged_names('clusters'))})"
         ) from exc
     return load_cluster_config(path, packaged=True)
@@ -692,6 +704,18 @@ def open_client(cluster: str = "local", workers: int | None = None) -> Iterator[
             )
         with lc, Client(lc) as client:
             log.info("local dask cluster with %d worker(s)", n)
+            yield client
+    elif cluster == "threads":
+        n = workers or local_worker_cap()[0]
+        lc = LocalCluster(
+            n_workers=1,
+            threads_per_worker=n,
+            processes=False,
+            dashboard_address=":0",
+            silence_logs=logging.CRITICAL,
+        )
+        with lc, Client(lc) as client:
+            log.info("dask worker threads in this process: %d", n)
             yield client
     else:
         with Client(cluster) as client:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -57,12 +58,13 @@ def _cached_model(
 
 
 def cached_reader(ref: SlideRef):  # type: ignore[no-untyped-def]
-    """The opened slide of ``ref``, kept per process (reopened if the file changed)."""
-    return _cached_reader(ref, file_stamp(ref.path))
+    """The opened slide of ``ref``, kept per thread (worker threads of ``--cluster
+    threads`` share no file handle) and reopened if the file changed."""
+    return _cached_reader(ref, file_stamp(ref.path), threading.get_ident())
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_reader(ref: SlideRef, stamp: tuple[int, int, int]):  # type: ignore[no-untyped-def]
+@functools.lru_cache(maxsize=8)
+def _cached_reader(ref: SlideRef, stamp: tuple[int, int, int], thread: int):  # type: ignore[no-untyped-def]
     return ref.open()
 
 
