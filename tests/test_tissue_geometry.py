@@ -63,3 +63,19 @@ def test_real_slide_has_tissue(shared_data) -> None:
     with open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as r:
         tm = detect_tissue(r)
     assert 0.1 < tm.fraction < 0.9
+
+
+@pytest.mark.parametrize("band_rows", [1, 7, 256])
+def test_saturation_equals_skimage_hsv_in_bands(band_rows: int) -> None:
+    """The banded saturation is bit-identical to skimage's whole-image HSV (so tissue
+    masks do not change), greys, black and white included."""
+    from skimage import color
+
+    from wsiseg.tissue import saturation
+
+    rng = np.random.default_rng(band_rows)
+    rgb = rng.integers(0, 256, (301, 203, 3), dtype=np.uint8)
+    rgb[:9] = 0
+    rgb[9:20] = 255
+    rgb[20:40, :, 1] = rgb[20:40, :, 2] = rgb[20:40, :, 0]  # greys: delta 0
+    assert np.array_equal(saturation(rgb, band_rows), color.rgb2hsv(rgb)[..., 1])

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from shapely.geometry import MultiPolygon
-from skimage import color, filters, morphology
+from skimage import filters, morphology
 
 from wsiseg.geometry import mask_to_polygons
 from wsiseg.io.reader import SlideReader
 
-__all__ = ["TissueParams", "TissueMask", "tissue_mask_from_rgb", "detect_tissue"]
+__all__ = ["TissueParams", "TissueMask", "saturation", "tissue_mask_from_rgb", "detect_tissue"]
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,27 @@ class TissueMask:
         return float(self.mask.sum()) * self.downsample**2
 
 
+def saturation(rgb: np.ndarray, band_rows: int = 256) -> np.ndarray:
+    """HSV saturation of a uint8 RGB image, float64, equal to
+    ``skimage.color.rgb2hsv(rgb)[..., 1]`` but computed in bands of rows, so the float
+    temporaries are a band's size (a whole-slide thumbnail's HSV would be gigabytes)."""
+    out = np.empty(rgb.shape[:2], np.float64)
+    for r0 in range(0, rgb.shape[0], band_rows):
+        band = rgb[r0 : r0 + band_rows].astype(np.float64) * (1 / 255)  # as img_as_float
+        v = band.max(axis=-1)
+        delta = np.ptp(band, axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = delta / v
+        s[delta == 0.0] = 0.0
+        out[r0 : r0 + band_rows] = s
+    return out
+
+
 def tissue_mask_from_rgb(
     rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams()
 ) -> tuple[np.ndarray, float]:
     """Boolean tissue mask of an RGB thumbnail at ``mpp`` µm/px, and the threshold used."""
-    sat = color.rgb2hsv(rgb)[..., 1]
+    sat = saturation(rgb)
     # Near-black pixels (pen, scanner borders) have high saturation noise: not tissue.
     dark = rgb.max(axis=-1) < 40
     values = sat[~dark]
