@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,15 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 
+from wsiseg.export.coverage import simplify_coverage
+from wsiseg.export.trace import trace_bands
 from wsiseg.fileops import atomic_path
-from wsiseg.geometry import mask_to_polygon_array
 
 __all__ = [
     "AREA_MEASUREMENT",
+    "BAND_ROWS",
     "FEATURE_ID_NAMESPACE",
+    "iter_features",
     "labels_to_features",
     "write_geojson",
 ]
@@ -63,18 +66,10 @@ FEATURE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "wsiseg:annotation")
 """uuid5 namespace of wsiseg feature ids."""
 AREA_MEASUREMENT = "Area µm^2"
 """Measurement name (QuPath's own name for annotation areas)."""
+BAND_ROWS = 1024
+"""Label rows read and traced at a time (a zarr raster is never loaded whole)."""
 _PRECISION_PX = 0.01
-
-
-def _junctions(labels: np.ndarray) -> np.ndarray:
-    """Lattice vertices where at least three labels (outside = 0) meet, shape (h + 1, w + 1)."""
-    pad = np.pad(labels, 1)
-    a, b, c, d = pad[:-1, :-1], pad[:-1, 1:], pad[1:, :-1], pad[1:, 1:]
-    n = (b != a).astype(np.uint8)
-    n += (c != a) & (c != b)
-    n += (d != a) & (d != b) & (d != c)
-    junctions: np.ndarray = n >= 2
-    return junctions
+_CHUNK_FEATURES = 4096  # features finished (scaled, snapped, cut) at a time
 
 
 def _polygonal(geom: shapely.Geometry) -> Polygon | MultiPolygon | None:
@@ -119,14 +114,19 @@ def labels_to_features(
     locked: bool = False,
     slide_size: tuple[int, int] | None = None,
     clip: shapely.Geometry | None = None,
+    band_rows: int = BAND_ROWS,
 ) -> list[dict[str, Any]]:
     """QuPath annotation features, one per connected region per non-background class.
+
+    The list of :func:`iter_features` (same parameters); write large slides with
+    ``write_geojson(path, iter_features(...))`` so that the features are never all
+    held as dictionaries at once.
 
     Parameters
     ----------
     labels : array-like, shape (h, w), integer
         Class ids (0 = background), e.g. the whole-slide label raster at output
-        resolution; loaded into memory whole.
+        resolution: a numpy or zarr array, read ``band_rows`` rows at a time.
     downsample : float
         Level-0 pixels per label pixel.
     offset : tuple of float
@@ -142,7 +142,7 @@ def labels_to_features(
     simplify_px : float
         Coverage simplification tolerance in label pixels (Visvalingam-Whyatt:
         about the square root of the largest triangle area removed); 0 keeps the
-        exact pixel outlines. The default 1.0 smooths one-pixel stair steps.
+        exact pixel outlines. The default 0.75 smooths one-pixel stair steps.
     locked : bool
         Value of ``isLocked`` (locked annotations cannot be moved by accident).
     slide_size : tuple of int, optional
@@ -151,68 +151,152 @@ def labels_to_features(
     clip : shapely geometry, optional
         Level-0 area the features are cut to (e.g. the ``--roi``); parts outside it
         are dropped and areas are measured inside it.
+    band_rows : int
+        Label rows read and traced at a time. The result does not depend on it.
 
     Returns
     -------
     list of dict
         GeoJSON Features ordered by class id, then index.
     """
-    lab = np.asarray(labels)
-    if lab.ndim != 2:
-        raise ValueError(f"labels must be 2-D, got shape {lab.shape}")
-    if not np.issubdtype(lab.dtype, np.integer):
-        raise ValueError(f"labels must hold integer class ids, got {lab.dtype}")
+    return list(
+        iter_features(
+            labels,
+            downsample=downsample,
+            offset=offset,
+            class_names=class_names,
+            class_colours=class_colours,
+            mpp=mpp,
+            slide_id=slide_id,
+            min_area_um2=min_area_um2,
+            simplify_px=simplify_px,
+            locked=locked,
+            slide_size=slide_size,
+            clip=clip,
+            band_rows=band_rows,
+        )
+    )
+
+
+def iter_features(
+    labels: Any,
+    *,
+    downsample: float,
+    offset: tuple[float, float] = (0.0, 0.0),
+    class_names: Sequence[str],
+    class_colours: Sequence[tuple[int, int, int]],
+    mpp: float,
+    slide_id: str,
+    min_area_um2: float = 100.0,
+    simplify_px: float = 0.75,
+    locked: bool = False,
+    slide_size: tuple[int, int] | None = None,
+    clip: shapely.Geometry | None = None,
+    band_rows: int = BAND_ROWS,
+) -> Iterator[dict[str, Any]]:
+    """The features of :func:`labels_to_features`, made one chunk at a time.
+
+    The raster is traced and simplified when this is called (bad input raises
+    here); the iterator then scales, snaps, cuts and formats the polygons a few
+    thousand at a time. Held at once: one band of labels, the corners of regions
+    not yet complete, and the kept polygons as integer coordinate arrays.
+    """
+    if not (hasattr(labels, "shape") and hasattr(labels, "dtype")):
+        labels = np.asarray(labels)
+    if len(labels.shape) != 2:
+        raise ValueError(f"labels must be 2-D, got shape {tuple(labels.shape)}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must hold integer class ids, got {labels.dtype}")
     if len(class_colours) != len(class_names):
         raise ValueError(f"{len(class_colours)} colours for {len(class_names)} classes")
     if downsample <= 0 or mpp <= 0:
         raise ValueError("downsample and mpp must be positive")
-    if lab.size and (int(lab.max()) >= len(class_names) or int(lab.min()) < 0):
-        raise ValueError(
-            f"label values {int(lab.min())}..{int(lab.max())} but {len(class_names)} classes"
-        )
     px_area_um2 = (downsample * mpp) ** 2
-    present = [int(k) for k in np.unique(lab) if k != 0]
-    junctions = _junctions(lab) if simplify_px > 0 and len(present) > 1 else None
 
-    polys: list[np.ndarray] = []
-    owner: list[np.ndarray] = []
-    for k in present:
-        parts = mask_to_polygon_array(lab == k, junctions=junctions)
-        keep = shapely.area(parts) * px_area_um2 >= min_area_um2
-        if not keep.all():
-            log.debug("class %s: dropped %d regions < %g µm²", k, (~keep).sum(), min_area_um2)
-        polys.append(parts[keep])
-        owner.append(np.full(int(keep.sum()), k))
-    if not polys or not sum(p.size for p in polys):
-        return []
-    geoms = np.concatenate(polys)
-    classes = np.concatenate(owner)
-    if simplify_px > 0:
-        geoms = shapely.coverage_simplify(geoms, float(simplify_px), simplify_boundary=True)
-    geoms = shapely.transform(
-        geoms, lambda xy: xy * float(downsample) + np.asarray(offset, np.float64)
+    def keep(counts: np.ndarray) -> np.ndarray:
+        # The region's exact pixel area, as shapely measures the traced polygon.
+        out: np.ndarray = counts.astype(np.float64) * px_area_um2 >= min_area_um2
+        if not out.all():
+            log.debug("dropped %d regions < %g µm²", (~out).sum(), min_area_um2)
+        return out
+
+    traced = trace_bands(
+        labels, len(class_names), band_rows=band_rows, junctions=simplify_px > 0, keep=keep
     )
-    geoms = shapely.set_precision(geoms, _PRECISION_PX)
-    if slide_size is not None:
-        edge = box(0, 0, *slide_size)
-        past = ~shapely.within(geoms, edge)
-        geoms[past] = shapely.set_precision(shapely.intersection(geoms[past], edge), _PRECISION_PX)
-    if clip is not None:
-        out = ~shapely.within(geoms, clip)
-        geoms[out] = shapely.set_precision(shapely.intersection(geoms[out], clip), _PRECISION_PX)
+    coords, ring_offsets, polygon_offsets = (
+        traced.coords,
+        traced.ring_offsets,
+        traced.polygon_offsets,
+    )
+    if simplify_px > 0 and traced.classes.size:
+        coords, ring_offsets, polygon_offsets = simplify_coverage(
+            coords, ring_offsets, polygon_offsets, float(simplify_px)
+        )
+    return _features(
+        (coords, ring_offsets, polygon_offsets),
+        traced.classes,
+        downsample=float(downsample),
+        offset=offset,
+        class_names=class_names,
+        class_colours=class_colours,
+        mpp=mpp,
+        slide_id=slide_id,
+        locked=locked,
+        slide_size=slide_size,
+        clip=clip,
+    )
 
-    features: list[dict[str, Any]] = []
-    index = dict.fromkeys(present, 0)
-    for geom, k in zip(geoms, classes, strict=True):
-        final = _polygonal(geom)
-        if final is None:
-            continue
-        name = str(class_names[k])
-        colour = [int(v) for v in class_colours[k]]
-        fid = uuid.uuid5(FEATURE_ID_NAMESPACE, f"{slide_id}/{name}/{index[k]}")
-        index[k] += 1
-        features.append(
-            {
+
+def _features(
+    polygons: tuple[np.ndarray, np.ndarray, np.ndarray],
+    classes: np.ndarray,
+    *,
+    downsample: float,
+    offset: tuple[float, float],
+    class_names: Sequence[str],
+    class_colours: Sequence[tuple[int, int, int]],
+    mpp: float,
+    slide_id: str,
+    locked: bool,
+    slide_size: tuple[int, int] | None,
+    clip: shapely.Geometry | None,
+) -> Iterator[dict[str, Any]]:
+    """Scale to level 0, snap to 0.01 px, cut to the slide and ``clip``, number, format."""
+    coords, ring_offsets, polygon_offsets = polygons
+    edge = box(0, 0, *slide_size) if slide_size is not None else None
+    index: dict[int, int] = {}
+    for p0 in range(0, classes.size, _CHUNK_FEATURES):
+        p1 = min(p0 + _CHUNK_FEATURES, classes.size)
+        r0, r1 = int(polygon_offsets[p0]), int(polygon_offsets[p1])
+        v0, v1 = int(ring_offsets[r0]), int(ring_offsets[r1])
+        geoms = shapely.from_ragged_array(
+            shapely.GeometryType.POLYGON,
+            coords[v0:v1].astype(np.float64),
+            (ring_offsets[r0 : r1 + 1] - v0, polygon_offsets[p0 : p1 + 1] - r0),
+        )
+        geoms = shapely.transform(
+            geoms, lambda xy: xy * downsample + np.asarray(offset, np.float64)
+        )
+        geoms = shapely.set_precision(geoms, _PRECISION_PX)
+        if edge is not None:
+            past = ~shapely.within(geoms, edge)
+            geoms[past] = shapely.set_precision(
+                shapely.intersection(geoms[past], edge), _PRECISION_PX
+            )
+        if clip is not None:
+            out = ~shapely.within(geoms, clip)
+            geoms[out] = shapely.set_precision(
+                shapely.intersection(geoms[out], clip), _PRECISION_PX
+            )
+        for geom, k in zip(geoms, classes[p0:p1].tolist(), strict=True):
+            final = _polygonal(geom)
+            if final is None:
+                continue
+            name = str(class_names[k])
+            colour = [int(v) for v in class_colours[k]]
+            fid = uuid.uuid5(FEATURE_ID_NAMESPACE, f"{slide_id}/{name}/{index.get(k, 0)}")
+            index[k] = index.get(k, 0) + 1
+            yield {
                 "type": "Feature",
                 "id": str(fid),
                 "geometry": _geojson_geometry(final),
@@ -223,17 +307,18 @@ def labels_to_features(
                     "measurements": {AREA_MEASUREMENT: float(final.area) * mpp * mpp},
                 },
             }
-        )
-    return features
 
 
 def write_geojson(
-    path: str | Path, features: Sequence[dict[str, Any]], *, overwrite: bool = False
+    path: str | Path, features: Iterable[dict[str, Any]], *, overwrite: bool = False
 ) -> Path:
     """Write ``features`` as a GeoJSON FeatureCollection, atomically.
 
-    Non-ASCII characters are escaped, so the file reads the same under any
-    platform charset (QuPath 0.4 on Windows reads with the system default).
+    ``features`` may be an iterator (e.g. :func:`iter_features`): each feature is
+    written as it comes, and the file is byte for byte what one ``json.dumps`` of
+    the whole collection gives. Non-ASCII characters are escaped, so the file reads
+    the same under any platform charset (QuPath 0.4 on Windows reads with the
+    system default).
 
     Raises
     ------
@@ -241,12 +326,13 @@ def write_geojson(
         ``path`` exists and ``overwrite`` is False.
     """
     path = Path(path)
-    text = json.dumps(
-        {"type": "FeatureCollection", "features": list(features)},
-        ensure_ascii=True,
-        separators=(",", ":"),
-        allow_nan=False,
-    )
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_text(text, encoding="ascii")
+    with atomic_path(path, overwrite=overwrite) as tmp, tmp.open("w", encoding="ascii") as out:
+        out.write('{"type":"FeatureCollection","features":[')
+        for i, feature in enumerate(features):
+            if i:
+                out.write(",")
+            out.write(
+                json.dumps(feature, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+            )
+        out.write("]}")
     return path
