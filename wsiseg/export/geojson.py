@@ -32,6 +32,15 @@ afterwards. Simplification only removes vertices, so with an integer downsample
 and offset the snapping changes nothing. Last, features are cut to the slide
 (``slide_size``): the raster's last row and column may cover part of a pixel past
 the slide's edge, and QuPath should measure only what is there.
+
+Memory: the raster (numpy or zarr) is read and traced ``band_rows`` rows at a time
+(:func:`wsiseg.export.trace.trace_bands`, components joined across band seams) and
+the coverage is simplified edge by edge
+(:func:`wsiseg.export.coverage.simplify_coverage`); both give exactly what tracing
+the whole raster and one ``shapely.coverage_simplify`` call give, for any band
+height. Only the kept polygons (integer arrays) are held at once; the features are
+made a chunk at a time (:func:`iter_features`) and :func:`write_geojson` writes
+them as they come.
 """
 
 from __future__ import annotations
