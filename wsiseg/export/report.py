@@ -370,7 +370,8 @@ def _embed_image(path: Path, max_width: int, *, photo: bool) -> _Embedded:
             else:
                 scale = min(1.0, max_width / width)
                 size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                small = img.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+                rgb = img if img.mode == "RGB" else img.convert("RGB")  # no second copy
+                small = rgb.resize(size, Image.Resampling.LANCZOS)
                 buf = io.BytesIO()
                 if photo:
                     small.save(buf, format="JPEG", quality=88)
