@@ -20,7 +20,8 @@ that the wall time includes start-up. Recorded per slide:
 - the driver's phases, timed by the probe: imports, model check, cluster start,
   slide preparation (open, fingerprint, thumbnail, admission, tissue, plan), the
   region phase (of which fetching results and stitching), writing the outputs (of
-  which the mask OME-TIFF, GeoJSON tracing and writing, overlay, PNGs, class counts),
+  which the mask OME-TIFF, GeoJSON tracing and writing, overlay, PNGs, the band scan of
+  the labels: ROI, class counts, overlay subsample),
   summary, run report, cluster close;
 - digests of the outputs (label array; parsed GeoJSON), to show that a change left
   them identical (DESIGN.md §3.8);
@@ -80,7 +81,7 @@ SPAN_PHASES = (
     "geojson_trace",
     "geojson_write",
     "overlay",
-    "class_counts",
+    "scan_labels",
     "report",
     "cluster_close",
 )

@@ -45,9 +45,9 @@ HOOKS: tuple[tuple[str, str, str, str], ...] = (
     ("wsiseg.pipeline.run", "write_label_ome_tiff", "mask_tiff", "span"),
     ("wsiseg.pipeline.run", "labels_to_features", "geojson_trace", "span"),
     ("wsiseg.pipeline.run", "write_geojson", "geojson_write", "span"),
-    ("wsiseg.pipeline.run", "render_overlay", "overlay", "span"),
+    ("wsiseg.pipeline.run", "write_overlay_png", "overlay", "span"),
     ("wsiseg.pipeline.run", "write_png", "png", "sum"),
-    ("wsiseg.pipeline.run", "_class_counts", "class_counts", "span"),
+    ("wsiseg.pipeline.run", "_scan_labels", "scan_labels", "span"),
 )
 
 

@@ -677,11 +677,11 @@ class _Bars:
 )
 @click.option(
     "--cluster",
-    default="local",
+    default="threads",
     show_default=True,
-    help="'local' (worker processes), 'threads' (worker threads in this process: less "
-    "memory and start-up), tcp://host:port, a packaged profile (slurm-cpu, slurm-gpu) or "
-    "a cluster YAML.",
+    help="'threads' (worker threads in this process: less memory, quicker start), 'local' "
+    "(worker processes: a crashing slide library takes down only a worker), "
+    "tcp://host:port, a packaged profile (slurm-cpu, slurm-gpu) or a cluster YAML.",
 )
 @click.option(
     "--mpp",

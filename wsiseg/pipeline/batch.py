@@ -77,7 +77,7 @@ _RUN_LOCK = "run-files"
 class BatchSettings:
     """Everything a batch needs besides its inputs and output folder.
 
-    ``workers`` are local worker processes (or SLURM jobs); ``shard`` is ``(i, N)``;
+    ``workers`` are local worker threads or processes (or SLURM jobs); ``shard`` is ``(i, N)``;
     ``check`` is called with each opened slide before its regions run (extra checks:
     raise a `WsisegError` to fail the slide); ``force`` segments slides the admission
     checks refuse (recorded as ``forced`` with the refusals overridden).
@@ -85,7 +85,7 @@ class BatchSettings:
 
     model: str = "default"
     config: SegmentConfig = field(default_factory=SegmentConfig)
-    cluster: str = "local"
+    cluster: str = "threads"
     workers: int | None = None
     backend: str = "auto"
     mpp: float | None = None
