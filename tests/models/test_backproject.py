@@ -1,8 +1,10 @@
-"""Back-projection by grid inversion: identity = bilinear upsampling, no holes, round trips."""
+"""Back-projection by grid inversion: identity = bilinear upsampling, no holes, round trips;
+bit-identical to the reference implementation (tests/models/_backproject_reference.py)."""
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.models._backproject_reference import invert_grid as reference_invert_grid
 from wsiseg.models.backproject import backproject, invert_grid
 from wsiseg.models.mipmap import build_mipmap, mipmap_downsamples, sample_image
 from wsiseg.models.sampling import identity_grid, saliency_to_grid
@@ -186,3 +189,125 @@ def test_bad_shapes_raise() -> None:
         invert_grid(grid, (1, 16))
     with pytest.raises(ValueError):
         invert_grid(grid[..., 0], (16, 16))
+
+
+# -- bit-identical to the reference implementation --------------------------------------
+
+
+def test_equals_reference_on_the_bundled_models_grids(small_synthetic) -> None:
+    """The pipeline's sizes: the bundled model's grids (64² samples of 1024² regions,
+    32² saliency, radius 4) on a synthetic slide, inverted at 256² (output_mpp = 4x the
+    task's, 64 px margin), four regions per batch as the workers do."""
+    from wsiseg.io.open import open_slide
+    from wsiseg.models.loading import load_model
+    from wsiseg.models.slide_source import SlideRegionSource
+    from wsiseg.tiling import plan_regions
+
+    model = load_model("default", device="cpu")
+    cfg = model.config
+    assert (cfg.sample_px, cfg.region_px, cfg.saliency_grid_px) == (64, 1024, 32)
+    with open_slide(small_synthetic.image) as reader:
+        plan = plan_regions(
+            reader.level_dimensions[0],
+            reader.mpp[0],
+            task_mpp=cfg.task_mpp,
+            region_px=cfg.region_px,
+            margin_px=64,
+            output_mpp=4 * cfg.task_mpp,
+        )
+        out = (plan.region_out_px, plan.region_out_px)
+        assert out == (256, 256)
+        regions = list(plan.regions)
+        assert len(regions) >= 8
+        with torch.inference_mode():
+            for k in range(0, len(regions), 4):
+                batch = regions[k : k + 4]
+                source = SlideRegionSource(
+                    reader, [(r.x0, r.y0, r.side) for r in batch], plan.region_px
+                )
+                grid, _ = model.sampler.grid(model, source)
+                assert torch.equal(invert_grid(grid, out), reference_invert_grid(grid, out))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    batch=st.integers(1, 5),
+    sal=st.integers(4, 33),
+    grid_hw=st.tuples(st.integers(2, 80), st.integers(2, 80)),
+    out_hw=st.tuples(st.integers(2, 300), st.integers(2, 300)),
+    temperature=st.floats(0.0, 30.0),
+    radius=st.integers(1, 6),
+    floor=st.sampled_from([0.0, 0.01, 0.1, 0.5]),
+    pin=st.booleans(),
+)
+def test_equals_reference_on_saliency_grids(
+    seed: int,
+    batch: int,
+    sal: int,
+    grid_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    temperature: float,
+    radius: int,
+    floor: float,
+    pin: bool,
+) -> None:
+    density = _smooth_density(batch, (sal, sal), temperature, seed)
+    if seed % 4 == 0:  # one hot cell and a hot border column: piles and folds
+        density = torch.zeros_like(density)
+        density[0, 0, seed % sal, (seed // sal) % sal] = 1.0
+        density[-1, 0, :, 0] = 1.0
+    grid = saliency_to_grid(density, grid_hw, radius, uniform_floor=floor, pin_border=pin)
+    assert torch.equal(invert_grid(grid, out_hw), reference_invert_grid(grid, out_hw))
+
+
+def test_equals_reference_on_affine_noisy_and_partial_grids() -> None:
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        hw = (2 + trial * 3, 40 - trial)
+        out_hw = (7 + trial * 9, 150 - trial * 5)
+        theta = torch.eye(2, 3).repeat(2, 1, 1) + 0.3 * torch.randn(2, 2, 3, generator=gen)
+        grids = [
+            F.affine_grid(theta, [2, 1, *hw], align_corners=True),  # partly outside
+            identity_grid(hw, batch=2) * (0.2 + trial / 20),  # a hull inside the region
+            identity_grid(hw, batch=2) + 0.02 * torch.randn(2, *hw, 2, generator=gen),  # folds
+        ]
+        for grid in grids:
+            assert torch.equal(invert_grid(grid, out_hw), reference_invert_grid(grid, out_hw))
+
+
+def test_threads_and_changing_sizes_share_nothing() -> None:
+    """Scratch memory is per thread and grows with the sizes: concurrent calls of
+    different sizes give what single calls give."""
+    jobs = [
+        (saliency_to_grid(_smooth_density(b, (16, 16), 3.0, seed=b), (8 * b, 40), 3), out)
+        for b, out in [(1, (64, 64)), (3, (200, 90)), (2, (17, 301)), (4, (256, 256))]
+    ] * 3
+    alone = [reference_invert_grid(g, out) for g, out in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda job: invert_grid(*job), jobs))
+    for a, b in zip(alone, together, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_inference_mode_and_grad_mode_calls_mix() -> None:
+    """Scratch memory made under inference_mode serves later calls outside it."""
+    grid = saliency_to_grid(_smooth_density(2, (8, 8), 2.0, seed=4), (24, 24), 2)
+    with torch.inference_mode():
+        first = invert_grid(grid, (96, 96))
+    bigger = saliency_to_grid(_smooth_density(3, (8, 8), 2.0, seed=5), (32, 32), 2)
+    with torch.inference_mode():
+        invert_grid(bigger, (128, 128))  # the scratch grows here, in inference mode
+    assert torch.equal(invert_grid(grid, (96, 96)), first)
+    probs = torch.rand(2, 3, 24, 24, requires_grad=True)
+    backproject(probs, grid, (96, 96)).sum().backward()
+    assert probs.grad is not None
+
+
+def test_non_finite_grids_give_finite_indices() -> None:
+    grid = identity_grid((16, 16), batch=3)
+    grid[0, 3, 4, 0] = float("nan")
+    grid[1, 5, 5, 1] = float("inf")
+    grid[2] = float("nan")
+    inv = invert_grid(grid, (50, 40))
+    assert bool(torch.isfinite(inv).all()) and float(inv.abs().max()) <= 1.0
