@@ -28,6 +28,7 @@ from torch import Tensor
 
 from wsiseg.io.reader import SlideReader
 from wsiseg.models.mipmap import build_mipmap, mipmap_downsamples, sample_image, select_level
+from wsiseg.models.precision import to_device
 from wsiseg.models.sampling import grid_spacing
 
 __all__ = ["SlideRegionSource", "Box"]
@@ -85,7 +86,8 @@ class SlideRegionSource:
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
 
     def view(self, size_hw: tuple[int, int]) -> Tensor:
-        """Each region, anti-aliased, at ``size_hw`` (read from the nearest finer level)."""
+        """Each region, anti-aliased, at ``size_hw`` (read from the nearest finer level;
+        on the CPU)."""
         out = []
         for box in self.boxes:
             level = _best_level(self.reader, box[2] / max(size_hw))
@@ -100,7 +102,13 @@ class SlideRegionSource:
         return torch.stack(out)
 
     def sample(self, grid: Tensor) -> Tensor:
-        """Samples at ``grid`` (region-normalised, align_corners=True), per region."""
+        """Samples at ``grid`` (region-normalised, align_corners=True), per region.
+
+        Computed on the CPU, where the decoded pixels and their mip-maps are, from a CPU
+        copy of the grid; returned on the grid's device (through pinned memory to CUDA).
+        """
+        device = grid.device
+        grid = grid.detach().float().cpu()
         r = self.region_hw[0]
         downsamples = self.reader.level_downsamples
         out = []
@@ -128,7 +136,7 @@ class SlideRegionSource:
             local = torch.stack([2 * qx / (n_w - 1) - 1, 2 * qy / (n_h - 1) - 1], dim=-1)
             mip = build_mipmap(img.unsqueeze(0))
             out.append(sample_image(mip, local.unsqueeze(0), mipmap_downsamples(mip)))
-        return torch.cat(out)
+        return to_device(torch.cat(out), device)
 
     def _sparse_canvas(
         self, box: Box, fine: int, coarse: int, fx: Tensor, fy: Tensor, at_fine: Tensor
@@ -182,7 +190,7 @@ class SlideRegionSource:
         return canvas, ix0, iy0
 
     def crop(self, y: int, x: int, h: int, w: int) -> Tensor:
-        """Full-resolution window of every region (at the task resolution)."""
+        """Full-resolution window of every region (at the task resolution; on the CPU)."""
         if self._full is None:
             r = self.region_hw[0]
             full = []

@@ -11,6 +11,7 @@ from typing import Protocol
 from torch import Tensor
 
 from wsiseg.models.mipmap import build_mipmap, mipmap_downsamples, sample_image
+from wsiseg.models.precision import to_device
 from wsiseg.models.sampling import identity_grid
 
 __all__ = ["SampleSource", "MemorySource"]
@@ -29,7 +30,8 @@ class SampleSource(Protocol):
         ...
 
     def sample(self, grid: Tensor) -> Tensor:
-        """Bilinear, anti-aliased samples at ``grid`` ([B, H, W, 2], align_corners=True)."""
+        """Bilinear, anti-aliased samples at ``grid`` ([B, H, W, 2], align_corners=True),
+        on the grid's device."""
         ...
 
     def crop(self, y: int, x: int, h: int, w: int) -> Tensor:
@@ -65,7 +67,9 @@ class MemorySource:
         return self.sample(grid)
 
     def sample(self, grid: Tensor) -> Tensor:
-        return sample_image(self.mipmap, grid, self.downsamples)
+        """Samples on the grid's device (computed where the images are)."""
+        samples = sample_image(self.mipmap, grid.to(self.images.device), self.downsamples)
+        return to_device(samples, grid.device)
 
     def crop(self, y: int, x: int, h: int, w: int) -> Tensor:
         return self.images[:, :, y : y + h, x : x + w]
