@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from wsiseg.models.config import ModelConfig
+from wsiseg.models.precision import autocast_dtype, to_device
 from wsiseg.models.saliency import SaliencyNet
 from wsiseg.models.samplers import ForwardOut, Sampler, Timings, get_sampler, tile_windows
 from wsiseg.models.segmenters import build_segmenter
@@ -42,6 +43,9 @@ class DeformSeg(nn.Module):
         )
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        #: Precision of the networks in `predict` (`wsiseg.models.precision.PRECISIONS`):
+        #: "auto" = bf16 autocast on CUDA, float32 on the CPU.
+        self.precision = "auto"
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -61,20 +65,18 @@ class DeformSeg(nn.Module):
         return self.sampler.forward(self, source)
 
     def _segment(self, x: Tensor) -> Tensor:
-        # bf16 autocast on CUDA (grids and back-projection stay float32 regardless).
-        with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
-        ):
-            out: Tensor = self.segmenter(x)
-            return out
+        # The caller's autocast applies: `predict` sets it from `precision`, training
+        # from its own config (grids and back-projection stay float32 regardless).
+        out: Tensor = self.segmenter(x)
+        return out
 
     def forward_window(self, window: Tensor) -> Tensor:
         """Logits of a full-resolution window (the tiled model)."""
-        return self._segment(self.normalise(window.to(self.device)))
+        return self._segment(self.normalise(to_device(window, self.device)))
 
     def segment_samples(self, samples: Tensor) -> Tensor:
         """Segmenter logits of samples ([B, 3, S, S] in [0, 1])."""
-        return self._segment(self.normalise(samples.to(self.device)))
+        return self._segment(self.normalise(to_device(samples, self.device)))
 
     @torch.no_grad()
     def predict(
@@ -82,6 +84,7 @@ class DeformSeg(nn.Module):
         source: SampleSource,
         out_hw: tuple[int, int],
         timings: Timings | None = None,
+        precision: str | None = None,
     ) -> tuple[Tensor, ForwardOut | None]:
         """Class probabilities of whole regions at ``out_hw`` ([B, K, Ho, Wo], float32).
 
@@ -95,10 +98,20 @@ class DeformSeg(nn.Module):
             If given, receives seconds per phase (``saliency``, ``sampling``,
             ``segmenter``, ``backprojection``; the tiled model: ``segmenter``), not
             counting the time the source spent reading pixels.
+        precision
+            Autocast of the saliency net and the segmenter (``auto``: bf16 on CUDA,
+            float32 on the CPU; ``fp32``; ``bf16``); default: the model's ``precision``.
+            Grid maths, sampling and back-projection are float32 in every case.
 
         Returns
         -------
         probs, forward
             Probabilities, and the samples' logits, grid and density (None for tiled).
+
+        Raises
+        ------
+        InputError
+            Unknown precision.
         """
-        return self.sampler.predict(self, source, out_hw, timings)
+        amp = autocast_dtype(self.precision if precision is None else precision, self.device)
+        return self.sampler.predict(self, source, out_hw, timings, amp)

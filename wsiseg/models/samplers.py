@@ -28,6 +28,7 @@ from torch import Tensor
 from wsiseg.errors import InputError
 from wsiseg.models.backproject import backproject
 from wsiseg.models.mipmap import sample_labels
+from wsiseg.models.precision import nets_autocast, to_device
 from wsiseg.models.sampling import identity_grid, saliency_to_grid
 from wsiseg.models.sources import MemorySource, SampleSource
 
@@ -92,8 +93,11 @@ class Sampler(Protocol):
         source: SampleSource,
         out_hw: tuple[int, int],
         timings: Timings | None = None,
+        amp: torch.dtype | None = None,
     ) -> tuple[Tensor, ForwardOut | None]:
-        """Class probabilities at ``out_hw``; phase seconds go to ``timings`` if given."""
+        """Class probabilities at ``out_hw`` (float32, on the model's device); phase
+        seconds go to ``timings`` if given; the networks run under autocast to ``amp``
+        (None: float32), everything else in float32."""
         ...
 
     def training_outputs(
@@ -142,12 +146,15 @@ class GridSampler:
         source: SampleSource,
         out_hw: tuple[int, int],
         timings: Timings | None = None,
+        amp: torch.dtype | None = None,
     ) -> tuple[Tensor, ForwardOut | None]:
-        with _phase(timings, "saliency", source):
+        # Only the networks follow `amp`: the grid maths inside `grid` switches autocast
+        # off itself, sampling and back-projection run outside it.
+        with _phase(timings, "saliency", source), nets_autocast(model.device, amp):
             grid, density = self.grid(model, source)
         with _phase(timings, "sampling", source):
             samples = source.sample(grid)
-        with _phase(timings, "segmenter", source):
+        with _phase(timings, "segmenter", source), nets_autocast(model.device, amp):
             logits = model.segment_samples(samples)
         with _phase(timings, "backprojection", source):
             probs = self.project_back(logits, grid, out_hw)
@@ -173,7 +180,7 @@ class LearnedSampler(GridSampler):
         cfg = model.config
         assert model.saliency is not None
         s = cfg.saliency_input_px
-        low = model.normalise(source.view((s, s)).to(model.device))
+        low = model.normalise(to_device(source.view((s, s)), model.device))
         g = cfg.saliency_grid_px
         density = model.saliency(low, (g, g))
         grid = saliency_to_grid(
@@ -226,13 +233,18 @@ class TiledSampler:
         source: SampleSource,
         out_hw: tuple[int, int],
         timings: Timings | None = None,
+        amp: torch.dtype | None = None,
     ) -> tuple[Tensor, ForwardOut | None]:
         with _phase(timings, "segmenter", source):
-            probs = self._predict_windows(model, source, out_hw)
+            probs = self._predict_windows(model, source, out_hw, amp)
         return probs, None
 
     def _predict_windows(
-        self, model: DeformSeg, source: SampleSource, out_hw: tuple[int, int]
+        self,
+        model: DeformSeg,
+        source: SampleSource,
+        out_hw: tuple[int, int],
+        amp: torch.dtype | None,
     ) -> Tensor:
         cfg = model.config
         rh, rw = source.region_hw
@@ -250,7 +262,8 @@ class TiledSampler:
         for y in tile_windows(rh, win, ov):
             for x in tile_windows(rw, win, ov):
                 crop = source.crop(y, x, win, win)
-                logits = model.forward_window(crop).float()
+                with nets_autocast(model.device, amp):
+                    logits = model.forward_window(crop).float()
                 h, w = logits.shape[-2:]
                 acc[:, :, y : y + h, x : x + w] += logits * w2d[:h, :w]
                 weight[:, :, y : y + h, x : x + w] += w2d[:h, :w]
