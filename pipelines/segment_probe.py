@@ -43,7 +43,7 @@ HOOKS: tuple[tuple[str, str, str, str], ...] = (
     ("wsiseg.pipeline.stitch", "Stitcher.add_density", "stitch_density", "sum"),
     ("wsiseg.pipeline.run", "_write_outputs", "write_outputs", "span"),
     ("wsiseg.pipeline.run", "write_label_ome_tiff", "mask_tiff", "span"),
-    ("wsiseg.pipeline.run", "labels_to_features", "geojson_trace", "span"),
+    ("wsiseg.pipeline.run", "iter_features", "geojson_trace", "span"),
     ("wsiseg.pipeline.run", "write_geojson", "geojson_write", "span"),
     ("wsiseg.pipeline.run", "write_overlay_png", "overlay", "span"),
     ("wsiseg.pipeline.run", "write_png", "png", "sum"),

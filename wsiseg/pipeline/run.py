@@ -19,7 +19,7 @@ import logging
 import platform
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from shapely.geometry.base import BaseGeometry
 
 from wsiseg import __version__
 from wsiseg.errors import InputError, WsisegError
-from wsiseg.export.geojson import labels_to_features, write_geojson
+from wsiseg.export.geojson import iter_features, write_geojson
 from wsiseg.export.ome_tiff import write_label_ome_tiff
 from wsiseg.export.overlay import write_overlay_png, write_png
 from wsiseg.fileops import atomic_path, remove_stale_temporaries
@@ -657,7 +657,8 @@ def _write_outputs(
     write_label_ome_tiff(
         out_dir / "mask.ome.tif", result.labels, (out_mpp, out_mpp), names, colours, overwrite=True
     )
-    features = labels_to_features(
+    # Traced band by band from the store and written as they are made (not held).
+    features = iter_features(
         result.labels,
         downsample=downsample,
         class_names=names,
@@ -668,7 +669,15 @@ def _write_outputs(
         slide_size=plan.slide_size,
         clip=roi,
     )
-    write_geojson(out_dir / "annotations.geojson", features, overwrite=True)
+    n_features = 0
+
+    def counted(items: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        nonlocal n_features
+        for item in items:
+            n_features += 1
+            yield item
+
+    write_geojson(out_dir / "annotations.geojson", counted(features), overwrite=True)
     # Overlay: labels and density brought to the thumbnail's grid.
     th, tw = thumb.shape[:2]
     dens_small = None
@@ -724,7 +733,7 @@ def _write_outputs(
         pixels_decoded_per_tissue_pixel=round(result.pixels_decoded / level0_tissue, 6)
         if level0_tissue
         else None,
-        features=len(features),
+        features=n_features,
         seconds={
             **{k: round(v, 3) for k, v in result.seconds.items()},
             "write": round(time.perf_counter() - t0, 3),
