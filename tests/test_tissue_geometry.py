@@ -79,3 +79,65 @@ def test_saturation_equals_skimage_hsv_in_bands(band_rows: int) -> None:
     rgb[9:20] = 255
     rgb[20:40, :, 1] = rgb[20:40, :, 2] = rgb[20:40, :, 0]  # greys: delta 0
     assert np.array_equal(saturation(rgb, band_rows), color.rgb2hsv(rgb)[..., 1])
+
+
+def _whole_image_mask(
+    rgb: np.ndarray, mpp: float, params: TissueParams
+) -> tuple[np.ndarray, float]:
+    """The tissue mask as computed before the banded version (whole-image HSV)."""
+    from skimage import color, filters, morphology
+
+    sat = color.rgb2hsv(rgb)[..., 1]
+    dark = rgb.max(axis=-1) < 40
+    values = sat[~dark]
+    thr = params.saturation_floor
+    if values.size and values.max() > values.min():
+        otsu = float(filters.threshold_otsu(values))
+        low = values[values <= otsu]
+        if low.size and float(low.mean()) <= params.background_max:
+            thr = max(otsu, params.saturation_floor)
+    mask = (sat > thr) & ~dark
+    radius = max(1, round(params.closing_um / mpp / 2))
+    mask = morphology.closing(mask, morphology.disk(radius))
+    mask = morphology.remove_small_holes(mask, max_size=max(1, round(params.max_hole_um2 / mpp**2)))
+    mask = morphology.remove_small_objects(
+        mask, max_size=max(1, round(params.min_object_um2 / mpp**2))
+    )
+    return mask, thr
+
+
+def _test_images(small_synthetic) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(5)
+    noise = rng.integers(0, 256, (157, 211, 3), dtype=np.uint8)
+    tissue_on_glass = np.full((180, 240, 3), 235, np.uint8)
+    tissue_on_glass[40:140, 60:200] = (190, 120, 170)
+    tissue_on_glass[:10] = 0  # a black border
+    grey = np.full((64, 64, 3), 128, np.uint8)  # no variation: the floor
+    # Two stains on noisy glass: Otsu lands above the floor and decides the mask.
+    stained = np.clip(rng.normal(232, 3, (190, 230, 3)), 0, 255).astype(np.uint8)
+    stained[30:120, 20:110] = np.clip(rng.normal((200, 110, 170), 12, (90, 90, 3)), 0, 255)
+    stained[100:170, 120:220] = np.clip(rng.normal((150, 60, 140), 12, (70, 100, 3)), 0, 255)
+    with open_slide(small_synthetic.image) as reader:
+        synthetic = reader.thumbnail(8.0)
+    return [noise, tissue_on_glass, grey, stained, synthetic]
+
+
+@pytest.mark.parametrize("band_rows", [1, 13, 256])
+def test_banded_tissue_mask_equals_whole_image_mask(small_synthetic, band_rows: int) -> None:
+    params = TissueParams()
+    otsu_used = 0
+    for rgb in _test_images(small_synthetic):
+        mask, thr = tissue_mask_from_rgb(rgb, 8.0, params, band_rows=band_rows)
+        ref_mask, ref_thr = _whole_image_mask(rgb, 8.0, params)
+        assert thr == ref_thr
+        assert np.array_equal(mask, ref_mask)
+        otsu_used += thr != params.saturation_floor
+    assert otsu_used, "no image exercised the Otsu threshold"
+
+
+def test_banded_tissue_mask_on_a_real_slide(shared_data) -> None:
+    with open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as reader:
+        rgb = reader.thumbnail(2.0)
+    mask, thr = tissue_mask_from_rgb(rgb, 2.0, band_rows=50)
+    ref_mask, ref_thr = _whole_image_mask(rgb, 2.0, TissueParams())
+    assert thr == ref_thr and np.array_equal(mask, ref_mask) and mask.any()

@@ -7,6 +7,7 @@ split it in two); a minimum object area and hole filling remove dust and lumina.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,21 +68,62 @@ def saturation(rgb: np.ndarray, band_rows: int = 256) -> np.ndarray:
     return out
 
 
-def tissue_mask_from_rgb(
-    rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams()
-) -> tuple[np.ndarray, float]:
-    """Boolean tissue mask of an RGB thumbnail at ``mpp`` µm/px, and the threshold used."""
-    sat = saturation(rgb)
-    # Near-black pixels (pen, scanner borders) have high saturation noise: not tissue.
-    dark = rgb.max(axis=-1) < 40
-    values = sat[~dark]
-    thr = params.saturation_floor
-    if values.size and values.max() > values.min():
-        otsu = float(filters.threshold_otsu(values))
+def _saturation_bands(
+    sat: np.ndarray, keep: np.ndarray, band_rows: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, saturation, not-dark) of each band of rows (views)."""
+    for r0 in range(0, sat.shape[0], band_rows):
+        yield r0, sat[r0 : r0 + band_rows], keep[r0 : r0 + band_rows]
+
+
+def _otsu_threshold(
+    sat: np.ndarray, keep: np.ndarray, band_rows: int
+) -> tuple[float, float] | None:
+    """Otsu's threshold of the saturation of the not-dark pixels, and the mean of the
+    values at or below it; None when they do not vary. Equal to
+    ``skimage.filters.threshold_otsu`` of those values, with their 256-bin histogram
+    counted band by band (the same bin edges: the values' own range)."""
+    lo, hi, n = np.inf, -np.inf, 0
+    for _, s_band, k_band in _saturation_bands(sat, keep, band_rows):
+        values = s_band[k_band]
+        if values.size:
+            lo, hi, n = min(lo, float(values.min())), max(hi, float(values.max())), n + values.size
+    if n == 0 or not hi > lo:
+        return None
+    counts = np.zeros(256, np.int64)
+    edges = np.linspace(lo, hi, 257)  # what np.histogram uses for range=(lo, hi)
+    for _, s_band, k_band in _saturation_bands(sat, keep, band_rows):
+        counts += np.histogram(s_band[k_band], bins=256, range=(lo, hi))[0]
+    centers = (edges[:-1] + edges[1:]) / 2
+    otsu = float(filters.threshold_otsu(hist=(counts, centers)))
+    total, below = 0.0, 0
+    for _, s_band, k_band in _saturation_bands(sat, keep, band_rows):
+        values = s_band[k_band]
         low = values[values <= otsu]
-        if low.size and float(low.mean()) <= params.background_max:
+        total, below = total + float(low.sum()), below + low.size
+    return otsu, (total / below if below else np.nan)
+
+
+def tissue_mask_from_rgb(
+    rgb: np.ndarray, mpp: float, params: TissueParams = TissueParams(), band_rows: int = 256
+) -> tuple[np.ndarray, float]:
+    """Boolean tissue mask of an RGB thumbnail at ``mpp`` µm/px, and the threshold used.
+
+    Otsu on the saturation of the not-dark pixels, kept if the pixels below it look
+    like background (else the floor); then closing and removal of small holes and
+    objects. The saturation is computed, and its not-dark values counted, in bands of
+    ``band_rows`` rows: no whole-thumbnail HSV image or copies of the values.
+    """
+    sat = saturation(rgb, band_rows)
+    # Near-black pixels (pen, scanner borders) have high saturation noise: not tissue.
+    keep = rgb.max(axis=-1) >= 40
+    thr = params.saturation_floor
+    found = _otsu_threshold(sat, keep, band_rows)
+    if found is not None:
+        otsu, low_mean = found
+        if np.isfinite(low_mean) and low_mean <= params.background_max:
             thr = max(otsu, params.saturation_floor)
-    mask = (sat > thr) & ~dark
+    mask = (sat > thr) & keep
     px_area = mpp * mpp
     radius = max(1, round(params.closing_um / mpp / 2))
     mask = morphology.closing(mask, morphology.disk(radius))
