@@ -187,19 +187,26 @@ def _frac_at(
     return pos
 
 
-def _lerp_at(flat: Tensor, pos: Tensor, base: Tensor, stride: int, n: int, arena: _Arena) -> Tensor:
-    """Linear interpolation along an axis at fractional ``pos`` (layout as `_frac_at`)."""
+def _lerp_at(
+    flat: Tensor, pos: Tensor, base: Tensor, stride: int, n: int, arena: _Arena
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Linear interpolation along an axis at fractional ``pos`` (layout as `_frac_at`).
+
+    Returns the values and, for reuse, the cell ``k`` (int32, ``floor(pos)`` clamped to
+    ``[0, n - 2]``), ``k`` as float and the fraction ``pos - k``.
+    """
     shape = tuple(pos.shape)
-    out = arena.take(shape)
+    out, kf, t = arena.take(shape), arena.take(shape), arena.take(shape)
+    k = arena.take(shape, torch.int32)
     mark = arena.mark()
-    k = arena.take(shape, torch.int32).copy_(torch.floor(pos, out=out)).clamp_(0, n - 2)
-    t = torch.sub(pos, out.copy_(k), out=arena.take(shape))
-    index = torch.mul(k, stride, out=k).add_(base).view(-1)
+    k.copy_(torch.floor(pos, out=out)).clamp_(0, n - 2)
+    torch.sub(pos, kf.copy_(k), out=t)
+    index = torch.mul(k, stride, out=arena.take(shape, torch.int32)).add_(base).view(-1)
     lo = torch.index_select(flat, 0, index, out=out.view(-1)).view(shape)
     hi = torch.index_select(flat, 0, index.add_(stride), out=arena.take((index.numel(),)))
     lo.add_(torch.sub(hi.view(shape), lo, out=hi.view(shape)).mul_(t))
     arena.release(mark)
-    return out
+    return out, k, kf, t
 
 
 def _cross(ax: Tensor, ay: Tensor, bx: Tensor, by: Tensor) -> Tensor:
@@ -280,36 +287,36 @@ def _newton(
     py: Tensor,
     i: Tensor,
     j: Tensor,
+    cell: tuple[Tensor, Tensor, Tensor],
     arena: _Arena,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Step 3a: one Newton step from the guesses ``(i, j)`` in their quads, in place.
 
     ``i``, ``j`` are ``[B, rows, Wo]``; ``px``, ``py`` and ``offset`` (int32, the batch
-    item's first quad) broadcast to that shape. Returns the squared residual of the
+    item's first quad) broadcast to that shape; ``cell`` is ``i``'s quad row ``i0``
+    (int32, ``floor(i)`` clamped to ``[0, H - 2]``), as float and ``i - i0``, as
+    `_lerp_at` made them (they are consumed). Returns the squared residual of the
     refined ``(i, j)``, whether each pixel is settled (the step landed in the quad with
-    a residual below ``_RES_TOL``) and the guess's quad ``(i0, j0)`` (int32). The step
-    is kept only where it lowers the residual.
+    a residual below ``_RES_TOL``) and the guess's quad column ``j0`` (int32). The
+    step is kept only where it lowers the residual.
     """
     h, w = shape
     dims = tuple(i.shape)
+    i0, i0f, s = cell
     best = arena.take(dims)
     settled = arena.take(dims, torch.bool)
-    i0 = arena.take(dims, torch.int32)
     j0 = arena.take(dims, torch.int32)
     mark = arena.mark()
 
     def new() -> Tensor:
         return arena.take(dims)
 
-    i0f, j0f, tmp = new(), new(), new()
-    i0.copy_(torch.floor(i, out=tmp)).clamp_(0, h - 2)
+    j0f, tmp = new(), new()
     j0.copy_(torch.floor(j, out=tmp)).clamp_(0, w - 2)
-    i0f.copy_(i0)
     j0f.copy_(j0)
     index = torch.mul(i0, w - 1, out=arena.take(dims, torch.int32)).add_(j0).add_(offset)
     coef = torch.index_select(table, 1, index.view(-1), out=arena.take((8, index.numel())))
     x00, y00, ax, ay, bx, by, ex, ey = (c.view(dims) for c in coef)
-    s = torch.sub(i, i0f, out=new())
     t = torch.sub(j, j0f, out=new())
     dx_t = torch.mul(s, ex, out=new()).add_(ax)  # d/dj
     dy_t = torch.mul(s, ey, out=new()).add_(ay)
@@ -344,7 +351,7 @@ def _newton(
     torch.eq(torch.clamp(s, -_TOL, 1.0 + _TOL, out=tmp), s, out=settled).logical_and_(ok)
     settled.logical_and_(torch.le(res, _RES_TOL, out=ok))
     arena.release(mark)
-    return best, settled, i0, j0
+    return best, settled, j0
 
 
 def _walk(
@@ -463,7 +470,7 @@ def invert_grid(grid: Tensor, out_hw: tuple[int, int]) -> Tensor:
         j_of = _frac_at(
             gx.view(-1), _count_at_most(gx, xs, -1, arena), row_base, 1, w, xs, arena
         )  # [B, H, Wo]
-        y_of = _lerp_at(g[..., 1].contiguous().view(-1), j_of, row_base, 1, w, arena)
+        y_of = _lerp_at(g[..., 1].contiguous().view(-1), j_of, row_base, 1, w, arena)[0]
         curve_y = arena.take(tuple(y_of.shape))
         torch.cummax(y_of, 1, out=(curve_y, arena.take(tuple(y_of.shape), torch.int64)))
         count_y = _count_at_most(curve_y, ys, 1, arena)  # [B, Ho, Wo]
@@ -485,12 +492,11 @@ def invert_grid(grid: Tensor, out_hw: tuple[int, int]) -> Tensor:
             # Step 2: the guess, exact on grid rows and close between them.
             count = count_y[:, start : start + n_rows]
             i = _frac_at(curve_y.view(-1), count, col_base, out_w, h, py, arena)
-            j = _lerp_at(j_of.view(-1), i, col_base, out_w, h, arena)  # [B, rows, Wo]
-            best, settled, i0, j0 = _newton(table, (h, w), offset, px, py, i, j, arena)
+            j, i0, i0f, s = _lerp_at(j_of.view(-1), i, col_base, out_w, h, arena)
+            best, settled, j0 = _newton(table, (h, w), offset, px, py, i, j, (i0, i0f, s), arena)
             rows_out = inv[:, start : start + n_rows]
-            tmp = arena.take(tuple(i.shape))
-            rows_out[..., 0] = torch.mul(j, 2.0 / (w - 1), out=tmp).sub_(1.0)
-            rows_out[..., 1] = torch.mul(i, 2.0 / (h - 1), out=tmp).sub_(1.0)
+            torch.mul(j, 2.0 / (w - 1), out=rows_out[..., 0]).sub_(1.0)
+            torch.mul(i, 2.0 / (h - 1), out=rows_out[..., 1]).sub_(1.0)
             pick = torch.nonzero(settled.view(-1).logical_not_()).flatten()
             if pick.numel():
                 # (batch item, output row, column) of each unsettled pixel and its state
