@@ -19,20 +19,22 @@ What the pipeline has for a GPU today (read from ``wsiseg/models`` and
 - batched regions: yes, fixed at 4 regions per dask task (``SegmentConfig.batch_regions``,
   not a CLI option); the saliency net and the segmenter see one [4, ...] batch, while
   reading, mip-mapping and sampling loop over the regions one by one;
-- bf16 autocast at inference: no. ``predict_batch`` runs under ``torch.inference_mode``
-  only; ``autocast`` appears only as ``no_autocast`` (grids and back-projection stay
-  float32); the bundled checkpoint is stored in float16 but loaded as float32;
-- pinned host memory: no (no ``pin_memory``, no ``non_blocking`` copies);
+- bf16 autocast at inference: yes, for the saliency net and the segmenter only
+  (``DeformSeg.predict(precision="auto")``: bf16 on CUDA, float32 on the CPU; grids,
+  sampling and back-projection stay float32); the bundled checkpoint is stored in
+  float16 but loaded as float32;
+- pinned host memory: yes for the host -> device copies of the low-res views, samples
+  and windows (``wsiseg.models.precision.to_device``: ``pin_memory`` + ``non_blocking``);
 - decoding overlapped with compute: no, within a worker: a task reads, samples,
   predicts and back-projects in sequence; only separate dask worker processes overlap
   (each loads its own copy of the model on the same GPU; ``--workers``);
 - torch threads per worker: 1 (``SegmentConfig.threads_per_worker``), also for the CPU
   side of a GPU run (decoding, mip-maps, sampling);
-- device placement: ``SlideRegionSource.sample`` builds each region's mip-map on the
-  CPU from the decoded pixels, while the grid comes from the saliency net on the
-  model's device; on CUDA the two meet in ``sample_image``'s ``grid_sample``. Nothing
-  here has run on CUDA, so a device mismatch there is possible: the first GPU run of
-  this script will tell (its error is recorded in the JSON).
+- device placement: ``SlideRegionSource.sample`` builds each region's mip-map and
+  samples on the CPU from a CPU copy of the model's grid, then moves the samples to
+  the model's device; the grid inversion runs on the model's device. Not yet run on
+  CUDA (tests/models/test_gpu.py has the checks, skipped without a GPU): the first GPU
+  run of this script will tell (an error is recorded in the JSON).
 """
 
 from __future__ import annotations
