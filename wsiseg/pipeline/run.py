@@ -65,6 +65,7 @@ __all__ = [
     "ModelInfo",
     "Refused",
     "checked_model",
+    "class_areas",
     "SlideCheck",
     "SlideOutcome",
     "WRITE_BAND_PIXELS",
@@ -629,6 +630,29 @@ def _scan_labels(
     return _LabelScan(_weighted_counts(parts, plan, (h, w)), small)
 
 
+def class_areas(
+    names: list[str], counts: np.ndarray, px_mm2: float, *, detected_tissue_px: float
+) -> tuple[dict[str, ClassArea], float]:
+    """Area of each class and its fraction of the tissue, and the tissue's pixels.
+
+    When class 0 is ``Background`` (the demo model: glass and nothing else), the tissue
+    is every other class; otherwise class 0 is tissue too (e.g. ``Not gland``: stroma
+    and glass alike) and the tissue is what tissue detection found, so that a gland
+    fraction is of the tissue, not of the glands."""
+    if names[0].strip().lower() == "background":
+        tissue_px = float(counts[1:].sum())
+    else:
+        tissue_px = float(detected_tissue_px)
+    areas = {
+        n: ClassArea(
+            area_mm2=round(float(c) * px_mm2, 6),
+            fraction_of_tissue=round(float(c) / tissue_px, 6) if tissue_px and i > 0 else None,
+        )
+        for i, (n, c) in enumerate(zip(names, counts, strict=True))
+    }
+    return areas, tissue_px
+
+
 def _write_outputs(
     slide: Path,
     out_dir: Path,
@@ -698,18 +722,13 @@ def _write_outputs(
     write_png(out_dir / "thumbnail.png", thumb, overwrite=True)
     counts = scan.counts
     px_mm2 = (out_mpp / 1000.0) ** 2
-    tissue_px = float(counts[1:].sum())
     level0_tissue = tissue.area_level0_px
     if roi is not None:
         in_roi = polygons_to_mask(roi, tissue.mask.shape, scale=tissue.downsample)
         level0_tissue = float((tissue.mask & in_roi).sum()) * tissue.downsample**2
-    classes = {
-        n: ClassArea(
-            area_mm2=round(float(c) * px_mm2, 6),
-            fraction_of_tissue=round(float(c) / tissue_px, 6) if tissue_px and i > 0 else None,
-        )
-        for i, (n, c) in enumerate(zip(names, counts, strict=True))
-    }
+    classes, tissue_px = class_areas(
+        names, counts, px_mm2, detected_tissue_px=level0_tissue * (plan.mpp / out_mpp) ** 2
+    )
     w, h = plan.output_size
     return SlideSummary(
         slide=str(slide),
