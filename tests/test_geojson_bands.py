@@ -286,11 +286,11 @@ def test_segment_geojson_equals_whole_raster_tracing(
 
     calls: list[int] = []
 
-    def banded(labels: Any, **kw: Any) -> list[dict[str, Any]]:
+    def banded(labels: Any, **kw: Any) -> Any:
         calls.append(labels.shape[0])
-        return labels_to_features(labels, band_rows=7, **kw)
+        return iter_features(labels, **{**kw, "band_rows": 7})
 
-    monkeypatch.setattr(run, "labels_to_features", banded)
+    monkeypatch.setattr(run, "iter_features", banded)
     code, _, err = segment_cli(
         [str(small_synthetic.image), "-o", str(tmp_path / "out")], model, cluster, capsys
     )

@@ -60,35 +60,45 @@ class _Edges:
     """Nodes and edges of a lattice coverage, as GEOS ``CoverageRingEdges`` builds them.
 
     Vertices are numbered by their sorted lattice key ``y * width + x``; edges by
-    creation (coverage order, each ring from its first node), with the coordinates
-    of the ring that created them (closed edges repeat their first vertex).
+    creation (rings in coverage order, each from its first node), with the
+    coordinates of the ring that created them (closed edges repeat their first vertex).
     """
 
-    def __init__(self, coords: np.ndarray, ring_offsets: np.ndarray) -> None:
+    def __init__(self, coords: np.ndarray, ring_offsets: np.ndarray, ring_rank: np.ndarray) -> None:
         ring_len = np.diff(ring_offsets) - 1  # open vertices per ring
         n_rings = ring_len.size
         start = np.cumsum(ring_len) - ring_len
         ends = start + ring_len - 1
         keep = np.ones(coords.shape[0], bool)
         keep[ring_offsets[1:] - 1] = False
-        xy = coords[keep]
-        del keep
-        self.width = int(xy[:, 0].max()) + 2
-        vkey = xy[:, 1].astype(np.int64) * self.width + xy[:, 0]
-        del xy
-        self.vkeys, vid, vcount = np.unique(vkey, return_inverse=True, return_counts=True)
-        del vkey
+        x = coords[:, 0][keep]
+        self.width = int(x.max()) + 2
+        vkey = coords[:, 1][keep].astype(np.int64) * self.width + x
+        del keep, x
+        self.vkeys = np.unique(vkey)
         nv = self.vkeys.size
-        vid = vid.astype(np.int64)
+        vid = np.searchsorted(self.vkeys, vkey).astype(np.int32)
+        del vkey
+        vcount = np.bincount(vid, minlength=nv)
         vnext = np.empty_like(vid)
         vnext[:-1] = vid[1:]
         vnext[ends] = vid[start]
 
-        # Nodes: on > 2 rings, > 2 boundary segments, or a change boundary <-> shared.
-        seg = np.minimum(vid, vnext) * nv + np.maximum(vid, vnext)
-        _, sid, scount = np.unique(seg, return_inverse=True, return_counts=True)
-        del seg
-        boundary = (scount % 2 == 1)[sid]  # segment i -> i + 1 lies on one ring only
+        # Segments lie on pixel edges: a segment is its lower end (the lower vertex id)
+        # and whether it is vertical; the coverage is edge-matched (a shared stretch
+        # has the same vertices on both rings), so equal keys are equal segments.
+        keep = np.ones(coords.shape[0] - 1, bool)
+        keep[ring_offsets[1:-1] - 1] = False  # no segment from a ring's end to the next ring
+        vertical = (coords[:, 0][1:] == coords[:, 0][:-1])[keep]
+        if not (vertical | (coords[:, 1][1:] == coords[:, 1][:-1])[keep]).all():
+            raise ValueError("polygons must have axis-parallel segments (pixel edges)")
+        sid = np.minimum(vid, vnext) * 2 + vertical.astype(np.int32)
+        del keep, vertical
+        odd = np.bincount(sid, minlength=2 * nv)
+        odd &= 1
+        boundary = odd.astype(bool)[sid]  # segment i -> i + 1 lies on one ring only
+        del odd
+        ns = 2 * nv
         node_v = vcount > 2
         del vcount
         degree = np.bincount(vid[boundary], minlength=nv)
@@ -104,11 +114,10 @@ class _Edges:
 
         # Edge occurrences: each ring split at its nodes from its first node; a ring
         # with no node is one free edge, a ring with one node one closed edge.
-        ring_of = np.repeat(np.arange(n_rings), ring_len)
         at_node = np.flatnonzero(node_v[vid])  # ring-major, position ascending
-        n_nodes = np.bincount(ring_of[at_node], minlength=n_rings)
+        r = np.searchsorted(start, at_node, "right") - 1
+        n_nodes = np.bincount(r, minlength=n_rings)
         first_node = np.cumsum(n_nodes) - n_nodes
-        r = ring_of[at_node]
         k = np.arange(at_node.size)
         following = at_node[np.where(k + 1 < first_node[r] + n_nodes[r], k + 1, first_node[r])]
         free = np.flatnonzero(n_nodes == 0)
@@ -116,7 +125,7 @@ class _Edges:
         occ_start = np.concatenate([at_node, start[free]])
         occ_end = np.concatenate([following, start[free]])
         del at_node, following, k, r
-        order = np.lexsort((occ_start, occ_ring))
+        order = np.lexsort((occ_start, ring_rank[occ_ring]))
         occ_ring, occ_start, occ_end = occ_ring[order], occ_start[order], occ_end[order]
         occ_nodes = n_nodes[occ_ring]
         rl = ring_len[occ_ring]
@@ -125,14 +134,14 @@ class _Edges:
 
         # Identity: an open edge by its first and last segment, a closed one by its
         # lowest segment (a segment lies on one edge); the first occurrence creates it.
-        ns = int(scount.size)
         before_end = np.where(occ_end == start[occ_ring], ends[occ_ring], occ_end - 1)
-        a, b = sid[occ_start], sid[before_end]
-        ring_min = np.minimum.reduceat(sid, start)
+        a, b = sid[occ_start].astype(np.int64), sid[before_end].astype(np.int64)
+        ring_min = np.minimum.reduceat(sid, start).astype(np.int64)
+        del sid
         key = np.where(
             occ_closed, ns * ns + ring_min[occ_ring], np.minimum(a, b) * ns + np.maximum(a, b)
         )
-        del sid, a, b, before_end, ring_min
+        del a, b, before_end, ring_min
         _, first_occ, occ_edge = np.unique(key, return_index=True, return_inverse=True)
         creation = np.argsort(first_occ, kind="stable")
         rank = np.empty_like(creation)
@@ -140,7 +149,8 @@ class _Edges:
         self.occ_edge = rank[occ_edge]
         self.occ_ring = occ_ring
         self.occ_start_v = vid[occ_start]
-        self.ring_edges = np.searchsorted(occ_ring, np.arange(n_rings + 1))
+        # Occurrences are grouped by ring, rings in coverage order.
+        self.ring_edges = np.flatnonzero(np.r_[True, occ_ring[1:] != occ_ring[:-1], True])
         creator = first_occ[creation]
         self.n_edges = n_edges = creator.size
         self.free = occ_nodes[creator] == 0
@@ -149,33 +159,24 @@ class _Edges:
         self.edge_offsets = np.concatenate([[0], np.cumsum(elen)]).astype(np.int64)
         cr = occ_ring[creator]
         first = occ_start[creator] - start[cr]
-        within = _ranges(np.zeros(n_edges, np.int64), elen)
-        at = np.repeat(start[cr], elen) + (np.repeat(first, elen) + within) % np.repeat(
-            ring_len[cr], elen
-        )
+        at = _ranges(np.zeros(n_edges, np.int64), elen)
+        at += np.repeat(first, elen)
+        at %= np.repeat(ring_len[cr], elen)
+        at += np.repeat(start[cr], elen)
         self.edge_v = vid[at]
-        del at, within, vid
+        del at, vid
         self.start_v = self.edge_v[self.edge_offsets[:-1]]
         self.end_v = self.edge_v[self.edge_offsets[1:] - 1]
         # The edge of every vertex that is no node (a vertex inside an edge is on no other).
-        edge_of = np.repeat(np.arange(n_edges), elen)
-        owner = np.full(nv, -1, np.int64)
-        owner[self.edge_v] = edge_of
+        owner = np.full(nv, -1, np.int32)
+        owner[self.edge_v] = np.repeat(np.arange(n_edges, dtype=np.int32), elen)
         owner[node_v] = -1
         self.owner = owner
-        # (edge, vertex) -> position along the edge, closing vertices left out.
-        pos = np.arange(self.edge_v.size) - np.repeat(self.edge_offsets[:-1], elen)
-        open_pos = ~(self.closed[edge_of] & (pos == np.repeat(elen, elen) - 1))
-        table = edge_of[open_pos] * nv + self.edge_v[open_pos]
-        sorter = np.argsort(table)
-        self.lookup = table[sorter]
-        self.lookup_pos = pos[open_pos][sorter]
-        del table, sorter, pos, open_pos
         x, y = self.xy(self.edge_v)
         bounds = self.edge_offsets[:-1]
         self.bx0, self.bx1 = np.minimum.reduceat(x, bounds), np.maximum.reduceat(x, bounds)
         self.by0, self.by1 = np.minimum.reduceat(y, bounds), np.maximum.reduceat(y, bounds)
-        self.ring_len = ring_len
+        self.n_rings = n_rings
 
     def xy(self, vids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lattice (x, y) of vertices."""
@@ -185,6 +186,19 @@ class _Edges:
     def n_open(self, ids: np.ndarray) -> np.ndarray:
         """Vertices of edges without the closing repeat."""
         out: np.ndarray = self.edge_offsets[ids + 1] - self.edge_offsets[ids] - self.closed[ids]
+        return out
+
+    def positions(self, edge: np.ndarray, vid: np.ndarray) -> np.ndarray:
+        """Position of each vertex ``vid`` along edge ``edge`` (not the closing repeat)."""
+        ids, inv = np.unique(edge, return_inverse=True)
+        n = self.n_open(ids)
+        src = _ranges(self.edge_offsets[ids], n)
+        local = np.repeat(np.arange(ids.size), n)
+        table = local * self.vkeys.size + self.edge_v[src]
+        pos = src - np.repeat(self.edge_offsets[ids], n)
+        sorter = np.argsort(table)
+        at = np.searchsorted(table, inv * self.vkeys.size + vid, sorter=sorter)
+        out: np.ndarray = pos[sorter[at]]
         return out
 
 
@@ -393,14 +407,29 @@ def _simplify_chunk(
         rings_far, first = np.unique(ring_of[far], return_index=True)
         count[rings_far] = far[first] - ro[rings_far]
     got = out[_ranges(ro[:-1], count)].astype(np.int64)
-    edge = np.repeat(ids, count)
     key = (got[:, 1] - np.repeat(shift_y, count)) * e.width + got[:, 0] - np.repeat(shift_x, count)
     vid = np.searchsorted(e.vkeys, key)
-    pos = e.lookup_pos[np.searchsorted(e.lookup, edge * e.vkeys.size + vid)]
-    return pos, count
+    return e.positions(np.repeat(ids, count), vid).astype(np.int32), count
 
 
 def _stretch_hits(
+    e: _Edges, ids: np.ndarray, flat: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_stretch_hits_chunk` over chunks of edges of about ``_CHUNK_VERTICES``."""
+    size = np.cumsum(e.n_open(ids))
+    cuts = np.searchsorted(size, np.arange(_CHUNK_VERTICES, int(size[-1]), _CHUNK_VERTICES))
+    edges, vertices = [], []
+    for i0, i1 in zip(np.r_[0, cuts], np.r_[cuts, ids.size], strict=True):
+        if i1 <= i0:
+            continue
+        k0, k1 = int(offsets[i0]), int(offsets[i1])
+        a, v = _stretch_hits_chunk(e, ids[i0:i1], flat[k0:k1], offsets[i0 : i1 + 1] - k0)
+        edges.append(a)
+        vertices.append(v)
+    return np.concatenate(edges), np.concatenate(vertices)
+
+
+def _stretch_hits_chunk(
     e: _Edges, ids: np.ndarray, flat: np.ndarray, offsets: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(edge, vertex) pairs: a vertex of another edge, or a node other than the edge's
@@ -452,6 +481,7 @@ def simplify_coverage(
     ring_offsets: np.ndarray,
     polygon_offsets: np.ndarray,
     tolerance: float,
+    order: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``shapely.coverage_simplify(..., simplify_boundary=True)`` of lattice polygons.
 
@@ -461,22 +491,29 @@ def simplify_coverage(
         Closed rings, (x, y) non-negative integers (as ``shapely.to_ragged_array``).
     ring_offsets, polygon_offsets : ndarray of int
         Ring starts in ``coords`` and polygon starts in the rings (length + 1 each);
-        polygons in coverage order, each shell first.
+        each polygon's shell first.
     tolerance : float
         As for ``shapely.coverage_simplify``.
+    order : ndarray of int, optional
+        The coverage order of the polygons (indices); by default as stored.
 
     Returns
     -------
     (coords, ring_offsets, polygon_offsets)
-        The simplified polygons in the same layout (int64 coordinates), equal to
-        what ``shapely.coverage_simplify`` returns for the same polygons.
+        The simplified polygons in coverage order (int32 coordinates), equal to what
+        ``shapely.coverage_simplify`` returns for the polygons in that order.
     """
-    coords = np.asarray(coords, np.int64)
     ring_offsets = np.asarray(ring_offsets, np.int64)
     polygon_offsets = np.asarray(polygon_offsets, np.int64)
+    n_polys = polygon_offsets.size - 1
+    order = np.arange(n_polys) if order is None else np.asarray(order, np.int64)
+    rings_per = np.diff(polygon_offsets)[order]
     if ring_offsets.size <= 1:
-        return coords, ring_offsets, polygon_offsets
-    e = _Edges(coords, ring_offsets)
+        return np.zeros((0, 2), np.int32), ring_offsets, np.zeros(n_polys + 1, np.int64)
+    ring_rank = np.empty(ring_offsets.size - 1, np.int64)
+    ring_rank[_ranges(polygon_offsets[:-1][order], rings_per)] = np.arange(ring_rank.size)
+    e = _Edges(np.asarray(coords), ring_offsets, ring_rank)
+    del ring_rank
     cells = _Cells(e)
     latest = np.full(e.n_edges, -1)  # round that last simplified each edge
     rounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -508,7 +545,7 @@ def simplify_coverage(
         roots_now = cells.roots()
         changed = {int(roots_now[r]) for r in changed}
         todo = np.flatnonzero(np.isin(roots_now, np.fromiter(changed, np.int64)))
-    return _rebuild(e, rounds, latest, polygon_offsets)
+    return _rebuild(e, rounds, latest, np.concatenate([[0], np.cumsum(rings_per)]))
 
 
 def _rebuild(
@@ -518,25 +555,23 @@ def _rebuild(
     polygon_offsets: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rings from the simplified edges, joined as GEOS ``CoverageRingEdges::buildRing`` does."""
-    n_kept = np.zeros(e.n_edges, np.int64)
+    n_kept = np.zeros(e.n_edges, np.int64)  # (rings come out in coverage order)
     for r, (ids, _flat, offsets) in enumerate(rounds):
         mine = latest[ids] == r
         n_kept[ids[mine]] = np.diff(offsets)[mine]
     closed = e.closed
     slen = n_kept + closed  # closed edges repeat their first kept vertex
     soff = np.concatenate([[0], np.cumsum(slen)])
-    pos = np.empty(int(soff[-1]), np.int64)
+    pos = np.empty(int(soff[-1]), np.int32)
     for r, (ids, flat, offsets) in enumerate(rounds):
         mine = np.flatnonzero(latest[ids] == r)
         k = np.diff(offsets)[mine]
         pos[_ranges(soff[ids[mine]], k)] = flat[_ranges(offsets[mine], k)]
         c = mine[closed[ids[mine]]]
         pos[soff[ids[c] + 1] - 1] = flat[offsets[c]]
-    x, y = e.xy(e.edge_v[np.repeat(e.edge_offsets[:-1], slen) + pos])
-    del pos
 
     occ_edge, occ_ring = e.occ_edge, e.occ_ring
-    n_occ = np.diff(e.ring_edges)[occ_ring]
+    n_occ = np.repeat(np.diff(e.ring_edges), np.diff(e.ring_edges))
     first = np.r_[True, occ_ring[1:] != occ_ring[:-1]]
     prev_edge = np.r_[occ_edge[:1], occ_edge[:-1]]
     # One edge: as stored. Two: the first as stored, the second to follow it. More:
@@ -553,9 +588,15 @@ def _rebuild(
     skip = (~first).astype(np.int64)  # a joined edge's first vertex ends the one before
     count = slen[occ_edge] - skip
     base = np.where(forward, soff[occ_edge] + skip, soff[occ_edge + 1] - 1 - skip)
-    at = np.repeat(base, count) + np.repeat(np.where(forward, 1, -1), count) * _ranges(
-        np.zeros(count.size, np.int64), count
-    )
-    ring_len = np.bincount(occ_ring, weights=count, minlength=e.ring_len.size).astype(np.int64)
-    out = np.stack([x[at], y[at]], axis=1)
+    step = np.where(forward, 1, -1)
+    ring_len = np.add.reduceat(count, e.ring_edges[:-1])
+    out_off = np.concatenate([[0], np.cumsum(count)])
+    out = np.empty((int(out_off[-1]), 2), np.int32)
+    for o0 in range(0, count.size, _CHUNK_VERTICES // 8):  # a few thousand edges at a time
+        o = slice(o0, o0 + _CHUNK_VERTICES // 8)
+        n = count[o]
+        at = np.repeat(base[o], n) + np.repeat(step[o], n) * _ranges(np.zeros(n.size, np.int64), n)
+        x, y = e.xy(e.edge_v[np.repeat(e.edge_offsets[occ_edge[o]], n) + pos[at]])
+        dest = slice(int(out_off[o0]), int(out_off[o0 + n.size]))
+        out[dest, 0], out[dest, 1] = x, y
     return out, np.concatenate([[0], np.cumsum(ring_len)]), polygon_offsets

@@ -62,7 +62,6 @@ from wsiseg.fileops import atomic_path
 
 __all__ = [
     "AREA_MEASUREMENT",
-    "BAND_ROWS",
     "FEATURE_ID_NAMESPACE",
     "iter_features",
     "labels_to_features",
@@ -75,8 +74,6 @@ FEATURE_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "wsiseg:annotation")
 """uuid5 namespace of wsiseg feature ids."""
 AREA_MEASUREMENT = "Area µm^2"
 """Measurement name (QuPath's own name for annotation areas)."""
-BAND_ROWS = 1024
-"""Label rows read and traced at a time (a zarr raster is never loaded whole)."""
 _PRECISION_PX = 0.01
 _CHUNK_FEATURES = 4096  # features finished (scaled, snapped, cut) at a time
 
@@ -123,7 +120,7 @@ def labels_to_features(
     locked: bool = False,
     slide_size: tuple[int, int] | None = None,
     clip: shapely.Geometry | None = None,
-    band_rows: int = BAND_ROWS,
+    band_rows: int | None = None,
 ) -> list[dict[str, Any]]:
     """QuPath annotation features, one per connected region per non-background class.
 
@@ -160,8 +157,9 @@ def labels_to_features(
     clip : shapely geometry, optional
         Level-0 area the features are cut to (e.g. the ``--roi``); parts outside it
         are dropped and areas are measured inside it.
-    band_rows : int
-        Label rows read and traced at a time. The result does not depend on it.
+    band_rows : int, optional
+        Label rows read and traced at a time; by default about 4 M pixels (whole
+        chunk rows of a zarr array). The result does not depend on it.
 
     Returns
     -------
@@ -201,7 +199,7 @@ def iter_features(
     locked: bool = False,
     slide_size: tuple[int, int] | None = None,
     clip: shapely.Geometry | None = None,
-    band_rows: int = BAND_ROWS,
+    band_rows: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The features of :func:`labels_to_features`, made one chunk at a time.
 
@@ -232,18 +230,16 @@ def iter_features(
     traced = trace_bands(
         labels, len(class_names), band_rows=band_rows, junctions=simplify_px > 0, keep=keep
     )
-    coords, ring_offsets, polygon_offsets = (
-        traced.coords,
-        traced.ring_offsets,
-        traced.polygon_offsets,
-    )
-    if simplify_px > 0 and traced.classes.size:
-        coords, ring_offsets, polygon_offsets = simplify_coverage(
-            coords, ring_offsets, polygon_offsets, float(simplify_px)
-        )
+    polygons = (traced.coords, traced.ring_offsets, traced.polygon_offsets)
+    classes, order = traced.classes, traced.order
+    if simplify_px > 0 and classes.size:
+        polygons = simplify_coverage(*polygons, float(simplify_px), order)
+        classes, order = classes[order], np.arange(order.size)
+    del traced
     return _features(
-        (coords, ring_offsets, polygon_offsets),
-        traced.classes,
+        polygons,
+        classes,
+        order,
         downsample=float(downsample),
         offset=offset,
         class_names=class_names,
@@ -259,6 +255,7 @@ def iter_features(
 def _features(
     polygons: tuple[np.ndarray, np.ndarray, np.ndarray],
     classes: np.ndarray,
+    order: np.ndarray,
     *,
     downsample: float,
     offset: tuple[float, float],
@@ -270,18 +267,20 @@ def _features(
     slide_size: tuple[int, int] | None,
     clip: shapely.Geometry | None,
 ) -> Iterator[dict[str, Any]]:
-    """Scale to level 0, snap to 0.01 px, cut to the slide and ``clip``, number, format."""
+    """Scale to level 0, snap to 0.01 px, cut to the slide and ``clip``, number, format
+    the polygons ``order`` (indices into ``polygons`` and ``classes``)."""
     coords, ring_offsets, polygon_offsets = polygons
     edge = box(0, 0, *slide_size) if slide_size is not None else None
     index: dict[int, int] = {}
-    for p0 in range(0, classes.size, _CHUNK_FEATURES):
-        p1 = min(p0 + _CHUNK_FEATURES, classes.size)
-        r0, r1 = int(polygon_offsets[p0]), int(polygon_offsets[p1])
-        v0, v1 = int(ring_offsets[r0]), int(ring_offsets[r1])
+    for p0 in range(0, order.size, _CHUNK_FEATURES):
+        ids = order[p0 : p0 + _CHUNK_FEATURES]
+        n_rings = np.diff(polygon_offsets)[ids]
+        rings = _spans(polygon_offsets[ids], n_rings)
+        n_pts = np.diff(ring_offsets)[rings]
         geoms = shapely.from_ragged_array(
             shapely.GeometryType.POLYGON,
-            coords[v0:v1].astype(np.float64),
-            (ring_offsets[r0 : r1 + 1] - v0, polygon_offsets[p0 : p1 + 1] - r0),
+            coords[_spans(ring_offsets[rings], n_pts)].astype(np.float64),
+            (np.concatenate([[0], np.cumsum(n_pts)]), np.concatenate([[0], np.cumsum(n_rings)])),
         )
         geoms = shapely.transform(
             geoms, lambda xy: xy * downsample + np.asarray(offset, np.float64)
@@ -297,7 +296,7 @@ def _features(
             geoms[out] = shapely.set_precision(
                 shapely.intersection(geoms[out], clip), _PRECISION_PX
             )
-        for geom, k in zip(geoms, classes[p0:p1].tolist(), strict=True):
+        for geom, k in zip(geoms, classes[ids].tolist(), strict=True):
             final = _polygonal(geom)
             if final is None:
                 continue
@@ -316,6 +315,12 @@ def _features(
                     "measurements": {AREA_MEASUREMENT: float(final.area) * mpp * mpp},
                 },
             }
+
+
+def _spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + n)`` for every (s, n)."""
+    offs = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, np.int64) - offs, lengths) + np.arange(int(lengths.sum()))
 
 
 def write_geojson(

@@ -37,31 +37,40 @@ from scipy.sparse.csgraph import connected_components, depth_first_order
 
 from wsiseg.geometry import _DOWN, _LEFT, _OUT1, _OUT2, _RIGHT, _UP, _corners
 
-__all__ = ["TracedCoverage", "trace_bands"]
+__all__ = ["BAND_PIXELS", "TracedCoverage", "trace_bands"]
+
+BAND_PIXELS = 1 << 22
+"""Default pixels per band (about 4 M: some 80 MB of temporaries)."""
 
 
 @dataclass(frozen=True)
 class TracedCoverage:
-    """Polygons of all classes in coverage order (class, then first pixel).
+    """Polygons of all classes, stored as found.
 
-    ``coords`` are closed rings of (x, y) lattice points; ``ring_offsets`` and
-    ``polygon_offsets`` as in ``shapely.to_ragged_array``; ``classes`` per polygon.
+    ``coords`` are closed rings of (x, y) lattice points (int32); ``ring_offsets``
+    and ``polygon_offsets`` as in ``shapely.to_ragged_array``; ``classes`` per
+    polygon; ``order`` lists the polygons in coverage order (class, then first
+    pixel), the order of ``mask_to_polygon_array`` per class.
     """
 
     coords: np.ndarray
     ring_offsets: np.ndarray
     polygon_offsets: np.ndarray
     classes: np.ndarray
+    order: np.ndarray
 
 
 class _UnionFind:
-    """Global component ids (0 = none) with class, pixel count and first pixel per root."""
+    """Global component ids (0 = none) with pixel count and first pixel per root, and the
+    nodes waiting per root (``pool``: root -> list of (keys, directions))."""
 
     def __init__(self) -> None:
         self.parent = np.zeros(1, np.int64)
         self.count = np.zeros(1, np.int64)
         self.first = np.zeros(1, np.int64)
         self.n = 1
+        self.pool: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self.cls: dict[int, int] = {}  # class of each root in the pool
 
     def add(self, first: np.ndarray, count: np.ndarray) -> int:
         base, m = self.n, first.size
@@ -93,6 +102,9 @@ class _UnionFind:
             self.parent[gone] = keep
             self.count[keep] += self.count[gone]
             self.first[keep] = min(self.first[keep], self.first[gone])
+            if gone in self.pool:
+                self.pool.setdefault(keep, []).extend(self.pool.pop(gone))
+                self.cls[keep] = self.cls.pop(gone)
 
     def roots(self, ids: np.ndarray) -> np.ndarray:
         r: np.ndarray = self.parent[ids]
@@ -127,12 +139,14 @@ def _first_pixels(lab: np.ndarray, n: int) -> np.ndarray:
 
 
 def _band_nodes(
-    pad: np.ndarray, junctions: np.ndarray | None, gid: np.ndarray
+    pad: np.ndarray, junctions: np.ndarray | None, above: np.ndarray, gid: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Nodes of one class in a window: (lattice row, column, second node?, direction, gid).
 
     ``pad`` is the class mask of the window rows with a False column on each side;
-    lattice row ``i`` lies between window rows ``i`` and ``i + 1``.
+    lattice row ``i`` lies between window rows ``i`` and ``i + 1``. Window row 0 is
+    the row above the band (component ids ``above``), the next rows are the band's
+    (``gid``).
     """
     w2 = pad.shape[1]
     ys, xs = _corners(pad, junctions)
@@ -144,6 +158,7 @@ def _band_nodes(
         | (flat[i + w2].view(np.uint8) << 2)
         | (flat[i + w2 + 1].view(np.uint8) << 3)
     )
+    del i
     saddle = np.flatnonzero((c == 6) | (c == 9))
     corner = np.concatenate([np.arange(ys.size), saddle])
     direction = np.concatenate([_OUT1[c], _OUT2[c[saddle]]])
@@ -153,7 +168,11 @@ def _band_nodes(
     # The pixel on the right of the outgoing segment (window row, raster column).
     px = sx - ((direction == _LEFT) | (direction == _DOWN))
     py = sy + 1 - ((direction == _LEFT) | (direction == _UP))
-    return sy, sx, second, direction, gid[py, px]
+    in_band = py > 0
+    node_gid = np.empty(py.size, np.int64)
+    node_gid[~in_band] = above[px[~in_band]]
+    node_gid[in_band] = gid[py[in_band] - 1, px[in_band]]
+    return sy, sx, second, direction, node_gid
 
 
 def _assemble(
@@ -167,28 +186,28 @@ def _assemble(
 
     ``key``: second-node flag, lattice row, column (``second * h1 * w1 + y * w1 + x``);
     ``comp``: component of each node (dense 0..C-1); ``comp_rank``: order of each
-    component. Returns closed rings (x, y), ring offsets, polygon offsets.
+    component. Returns closed rings (x, y) as int32, ring offsets, polygon offsets.
     """
     h1, w1 = lattice
     big = h1 * w1
     order = np.argsort(key)
     key, direction, comp = key[order], direction[order], comp[order]
-    plain = key % big
-    y, x = np.divmod(plain, w1)
+    del order
     n = key.size
+    y, x = np.divmod(key % big, w1)
+    del key
+    y, x = y.astype(np.int32), x.astype(np.int32)
 
     # End corner of each segment: the next corner of the same component along its
     # row (RIGHT / LEFT) or column (DOWN / UP); at a corner with two nodes of that
     # component (a saddle joining it), the one turning left.
-    horizontal = (direction == _RIGHT) | (direction == _LEFT)
     nxt = np.empty(n, np.int64)
-    for along, sel in (
-        (comp * big + plain, horizontal),
-        (comp * big + x * h1 + y, ~horizontal),
-    ):
+    horizontal = (direction == _RIGHT) | (direction == _LEFT)
+    for sel, minor, major, size in ((horizontal, x, y, w1), (~horizontal, y, x, h1)):
         idx = np.flatnonzero(sel)
         if idx.size == 0:
             continue
+        along = (comp.astype(np.int64) * big + major) * size + minor
         srt = np.argsort(along, kind="stable")
         sorted_keys = along[srt]
         forward = (direction[idx] == _RIGHT) | (direction[idx] == _DOWN)
@@ -197,13 +216,16 @@ def _assemble(
             np.searchsorted(sorted_keys, along[idx], "right"),
             np.searchsorted(sorted_keys, along[idx], "left") - 1,
         )
+        del along, forward
         target = sorted_keys[at]
         lo = np.searchsorted(sorted_keys, target, "left")
-        hi = np.searchsorted(sorted_keys, target, "right")
+        two = np.searchsorted(sorted_keys, target, "right") - lo == 2
+        del sorted_keys, target, at
         first, other = srt[lo], srt[np.minimum(lo + 1, n - 1)]
-        turn_left = (direction[idx] + 3) % 4
-        pick_other = (hi - lo == 2) & (direction[first] != turn_left)
+        del srt, lo
+        pick_other = two & (direction[first] != (direction[idx] + 3) % 4)
         nxt[idx] = np.where(pick_other, other, first)
+        del first, other, pick_other, two, idx
 
     # Rings = cycles of ``nxt``, numbered by their lowest node (``key`` order), which
     # starts the ring (the same depth-first chain as the whole-raster tracer).
@@ -212,6 +234,7 @@ def _assemble(
     del graph
     running = np.maximum.accumulate(ring)
     starts = np.flatnonzero(np.concatenate([[True], ring[1:] > running[:-1]]))
+    del running
     dummies = n + np.arange(n_rings)
     dummy_edges = np.empty(2 * n_rings, np.int64)
     dummy_edges[0::2] = starts
@@ -220,16 +243,21 @@ def _assemble(
     indptr = np.concatenate(
         [np.arange(n + 1), n + 2 * np.arange(1, n_rings + 1) - (dummies == dummies[-1])]
     )
+    del dummy_edges, dummies
     size = n + n_rings
     dfs = csr_matrix((np.ones(indices.size, np.int8), indices, indptr), shape=(size, size))
+    del indices, indptr
     walk = depth_first_order(dfs, n, directed=True, return_predecessors=False)
     del dfs
     walk = walk[walk < n]
     ring_len = np.bincount(ring, minlength=n_rings)
     ring_start = np.cumsum(ring_len) - ring_len
     area2 = np.bincount(
-        ring, weights=(x * y[nxt] - x[nxt] * y).astype(np.float64), minlength=n_rings
+        ring,
+        weights=(x.astype(np.float64) * y[nxt] - x[nxt].astype(np.float64) * y),
+        minlength=n_rings,
     )
+    del nxt
     shell = area2 > 0
     ring_comp = comp[walk[ring_start]]
     ring_order = np.argsort(comp_rank[ring_comp] * 2 + ~shell, kind="stable")
@@ -239,43 +267,29 @@ def _assemble(
     pos = np.arange(ring_offsets[-1]) - np.repeat(ring_offsets[:-1] - first_at, lens)
     pos[ring_offsets[1:] - 1] = first_at
     node = walk[pos]
+    del pos, walk
     coords = np.stack([x[node], y[node]], axis=1)
     per_comp = np.bincount(comp_rank[ring_comp], minlength=comp_rank.size)
     polygon_offsets = np.concatenate([[0], np.cumsum(per_comp)]).astype(np.int64)
     return coords, ring_offsets, polygon_offsets
 
 
-class _Pool:
-    """Nodes of one class whose component is not complete yet."""
-
-    def __init__(self) -> None:
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-
-    def add(self, key: np.ndarray, direction: np.ndarray, gid: np.ndarray) -> None:
-        if key.size:
-            self.parts.append((key, direction, gid))
-
-    def take(
-        self, uf: _UnionFind, active: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Remove and return the nodes (key, direction, root) of complete components."""
-        if not self.parts:
-            return None
-        key = np.concatenate([p[0] for p in self.parts])
-        direction = np.concatenate([p[1] for p in self.parts])
-        root = uf.roots(np.concatenate([p[2] for p in self.parts]))
-        done = ~np.isin(root, active)
-        self.parts = [(key[~done], direction[~done], root[~done])] if not done.all() else []
-        if not done.any():
-            return None
-        return key[done], direction[done], root[done]
+def _band_rows(labels: Any, w: int, band_rows: int | None) -> int:
+    """Rows per band: about ``BAND_PIXELS`` pixels, whole chunk rows of a chunked array."""
+    if band_rows is not None:
+        return max(1, int(band_rows))
+    rows = max(1, BAND_PIXELS // max(w, 1))
+    chunk = getattr(labels, "chunks", None)
+    if isinstance(chunk, tuple) and chunk and isinstance(chunk[0], int) and chunk[0] > 0:
+        rows = max(chunk[0], rows // chunk[0] * chunk[0])
+    return rows
 
 
 def trace_bands(
     labels: Any,
     n_classes: int,
     *,
-    band_rows: int,
+    band_rows: int | None = None,
     junctions: bool,
     keep: Callable[[np.ndarray], np.ndarray],
 ) -> TracedCoverage:
@@ -284,11 +298,12 @@ def trace_bands(
     Parameters
     ----------
     labels : array-like, shape (h, w), integer
-        Class ids; read as ``labels[r0:r1]`` (numpy or zarr), ``band_rows`` rows at a time.
+        Class ids; read as ``labels[r0:r1]`` (numpy or zarr), one band at a time.
     n_classes : int
         Number of classes; values outside ``0 .. n_classes - 1`` raise ValueError.
-    band_rows : int
-        Rows per band (>= 1).
+    band_rows : int, optional
+        Rows per band; by default about :data:`BAND_PIXELS` pixels (whole chunk
+        rows of a zarr array). The result does not depend on it.
     junctions : bool
         Keep lattice vertices where three or more labels meet (outside = 0) as
         vertices on straight stretches (``mask_to_polygon_array(junctions=...)``).
@@ -298,70 +313,98 @@ def trace_bands(
     Returns
     -------
     TracedCoverage
-        Kept polygons ordered by class, then first pixel; each equal (coordinates,
-        ring start, ring order) to ``mask_to_polygon_array(labels == k, junctions=...)``.
+        Kept polygons (in ``order``: by class, then first pixel), each equal
+        (coordinates, ring start, ring order) to the polygon of
+        ``mask_to_polygon_array(labels == k, junctions=...)``.
     """
     h, w = (int(v) for v in labels.shape)
-    band_rows = max(1, int(band_rows))
+    rows_per_band = _band_rows(labels, w, band_rows)
     h1, w1 = h + 1, w + 1
+    id_type = np.int32 if h * w < 2**31 - 1 else np.int64
     uf = _UnionFind()
-    pools = [_Pool() for _ in range(n_classes)]
     found: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = [
         [] for _ in range(n_classes)
     ]
-    prev_lab = np.zeros(w, np.int64)
+    prev_lab: np.ndarray | None = None
     prev_gid = np.zeros(w, np.int64)
-    for a in range(0, h1, band_rows):
-        b = min(a + band_rows, h1)
+    for a in range(0, h1, rows_per_band):
+        b = min(a + rows_per_band, h1)
         rows = max(0, min(b, h) - a)
-        band = np.asarray(labels[a : a + rows]).astype(np.int64, copy=False)
-        if band.size and (int(band.min()) < 0 or int(band.max()) >= n_classes):
-            raise ValueError(
-                f"label values {int(band.min())}..{int(band.max())} but {n_classes} classes"
-            )
-        gid = np.zeros((rows, w), np.int64)
-        present = np.flatnonzero(np.bincount(band.ravel(), minlength=n_classes))
-        for k in present[present > 0]:
-            lab, n = ndimage.label(band == k)
+        band = np.asarray(labels[a : a + rows])
+        if prev_lab is None:
+            prev_lab = np.zeros(w, band.dtype)
+        if band.size:
+            lo, hi = int(band.min()), int(band.max())
+            if lo < 0 or hi >= n_classes:
+                raise ValueError(f"label values {lo}..{hi} but {n_classes} classes")
+        gid = np.zeros((rows, w), id_type)
+        present = np.flatnonzero(np.bincount(band.ravel(), minlength=n_classes) if rows else [])
+        for k in present:
+            if k == 0:
+                continue
+            mask = band == k
+            lab, n = ndimage.label(mask)
             first = _first_pixels(lab, n) + a * w
             count = np.bincount(lab.ravel(), minlength=n + 1)[1:]
             base = uf.add(first, count)
-            m = lab > 0
-            gid[m] = lab[m] + (base - 1)
+            gid[mask] = lab[mask] + (base - 1)
+            del lab, mask
         if rows and a > 0:
             touch = (prev_lab == band[0]) & (prev_lab > 0)
-            for u, v in np.unique(np.stack([prev_gid[touch], gid[0][touch]], 1), axis=0):
+            pairs = np.unique(
+                np.stack([prev_gid[touch], gid[0][touch].astype(np.int64)], 1), axis=0
+            )
+            for u, v in pairs:
                 uf.union(int(u), int(v))
         # Window: the row above the band, the band, and past the raster a zero row.
-        tail = b - a - rows
-        window = np.concatenate([prev_lab[None], band, np.zeros((tail, w), np.int64)])
-        wgid = np.concatenate([prev_gid[None], gid, np.zeros((tail, w), np.int64)])
+        window = np.concatenate([prev_lab[None], band, np.zeros((b - a - rows, w), band.dtype)])
         junc = _junction_rows(window) if junctions else None
-        in_window = np.flatnonzero(np.bincount(window.ravel(), minlength=n_classes))
+        in_window = np.flatnonzero(
+            np.bincount(window.ravel().astype(np.int64), minlength=n_classes)
+        )
         for k in in_window[in_window > 0]:
             pad = np.zeros((window.shape[0], w + 2), bool)
             pad[:, 1:-1] = window == k
-            sy, sx, second, direction, node_gid = _band_nodes(pad, junc, wgid)
-            key = second * (h1 * w1) + (a + sy) * w1 + sx
-            pools[k].add(key, direction.astype(np.int8), node_gid)
-        if rows:
-            prev_lab, prev_gid = band[-1].copy(), gid[-1].copy()
-        del band, gid, window, wgid, junc
-        # Components with no pixel in the last row read are complete.
-        active = uf.roots(np.unique(prev_gid[prev_gid > 0])) if b <= h else np.zeros(0, np.int64)
-        for k in range(1, n_classes):
-            taken = pools[k].take(uf, active)
-            if taken is None:
+            sy, sx, second, direction, node_gid = _band_nodes(pad, junc, prev_gid, gid)
+            del pad
+            if sy.size == 0:
                 continue
-            key, direction, root = taken
-            comps, comp = np.unique(root, return_inverse=True)
-            first = uf.first[comps]
+            key = second * (h1 * w1) + (a + sy) * w1 + sx
+            root = uf.roots(node_gid)
+            order = np.argsort(root, kind="stable")
+            root, key, direction = root[order], key[order], direction[order].astype(np.int8)
+            cut = np.flatnonzero(root[1:] != root[:-1]) + 1
+            for r, kk, dd in zip(
+                root[np.r_[0, cut]].tolist(),
+                np.split(key, cut),
+                np.split(direction, cut),
+                strict=True,
+            ):
+                uf.pool.setdefault(r, []).append((kk, dd))
+                uf.cls[r] = int(k)
+        if rows:
+            prev_lab, prev_gid = band[-1].copy(), gid[-1].astype(np.int64)
+        del band, gid, window, junc
+        # Components with no pixel in the last row read are complete.
+        active = set(uf.roots(np.unique(prev_gid[prev_gid > 0])).tolist()) if b <= h else set()
+        by_class: dict[int, list[int]] = {}
+        for r in [r for r in uf.pool if r not in active]:
+            by_class.setdefault(uf.cls.pop(r), []).append(r)
+        for cl, roots in sorted(by_class.items()):
+            parts = [uf.pool.pop(r) for r in roots]
+            sizes = np.array([sum(p[0].size for p in part) for part in parts], np.int64)
+            key = np.concatenate([p[0] for part in parts for p in part])
+            direction = np.concatenate([p[1] for part in parts for p in part])
+            del parts
+            comp = np.repeat(np.arange(len(roots), dtype=np.int32), sizes)
+            comps = np.array(roots, np.int64)
             rank = np.empty(comps.size, np.int64)
-            rank[np.argsort(first)] = np.arange(comps.size)
+            rank[np.argsort(uf.first[comps])] = np.arange(comps.size)
             coords, ring_off, poly_off = _assemble(key, direction, comp, rank, (h1, w1))
+            del key, direction, comp
             by_rank = np.empty_like(comps)
             by_rank[rank] = comps
-            found[k].append(
+            found[cl].append(
                 _kept(coords, ring_off, poly_off, keep(uf.count[by_rank]), uf.first[by_rank])
             )
     return _in_order(found)
@@ -398,7 +441,7 @@ def _spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def _in_order(
     found: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]],
 ) -> TracedCoverage:
-    """All blocks joined, polygons sorted by class, then first pixel."""
+    """All blocks joined as found; ``order`` sorts the polygons by class, then first pixel."""
     coords, rings, polys, classes, firsts = [], [], [], [], []
     n_pts = n_rings = 0
     for k, blocks in enumerate(found):
@@ -410,21 +453,16 @@ def _in_order(
             firsts.append(f)
             n_pts += c.shape[0]
             n_rings += r.size - 1
+        blocks.clear()
     if not coords:
         zero = np.zeros(1, np.int64)
-        return TracedCoverage(np.zeros((0, 2), np.int64), zero, zero, np.zeros(0, np.int64))
-    xy = np.concatenate(coords)
-    ring_off = np.concatenate([*rings, [n_pts]])
-    poly_off = np.concatenate([*polys, [n_rings]])
+        none = np.zeros(0, np.int64)
+        return TracedCoverage(np.zeros((0, 2), np.int32), zero, zero, none, none)
     cls = np.concatenate(classes)
-    order = np.lexsort((np.concatenate(firsts), cls))
-    n_r = np.diff(poly_off)[order]
-    ring_ids = _spans(poly_off[:-1][order], n_r)
-    lens = np.diff(ring_off)[ring_ids]
-    pts = _spans(ring_off[:-1][ring_ids], lens)
     return TracedCoverage(
-        xy[pts],
-        np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-        np.concatenate([[0], np.cumsum(n_r)]).astype(np.int64),
-        cls[order],
+        np.concatenate(coords),
+        np.concatenate([*rings, [n_pts]]),
+        np.concatenate([*polys, [n_rings]]),
+        cls,
+        np.lexsort((np.concatenate(firsts), cls)),
     )
