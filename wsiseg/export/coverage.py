@@ -254,6 +254,56 @@ class _Cells:
         return p
 
 
+def _settled(
+    e: _Edges, ids: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_settled_chunk` over chunks of about ``_CHUNK_VERTICES`` vertices."""
+    size = np.cumsum(e.n_open(ids))
+    total = int(size[-1]) if size.size else 0
+    cuts = np.searchsorted(size, np.arange(_CHUNK_VERTICES, total, _CHUNK_VERTICES))
+    parts = [
+        _settled_chunk(e, ids[i0:i1], tolerance)
+        for i0, i1 in zip(np.r_[0, cuts], np.r_[cuts, ids.size], strict=True)
+    ]
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+    )
+
+
+def _settled_chunk(
+    e: _Edges, ids: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges whose simplification alone needs no GEOS call: (mask over ``ids``, kept
+    count per masked edge, their kept positions, flat).
+
+    TPVW removes nothing from an edge with no corner of area <= tolerance ** 2 (its
+    queue starts empty), and from an open edge of three vertices exactly its middle
+    corner when small enough (no other vertex of its own can lie in that triangle).
+    """
+    n = e.n_open(ids)
+    closed, free = e.closed[ids], e.free[ids]
+    pos = _ranges(np.zeros(ids.size, np.int64), n)
+    edge = np.repeat(np.arange(ids.size), n)
+    base = np.repeat(e.edge_offsets[ids], n)
+    size = np.repeat(n, n)
+    prev = np.where(pos == 0, size - 1, pos - 1)  # (closed edges wrap around)
+    nxt = np.where(pos == size - 1, 0, pos + 1)
+    x, y = e.xy(e.edge_v[base + pos])
+    px, py = e.xy(e.edge_v[base + prev])
+    nx, ny = e.xy(e.edge_v[base + nxt])
+    area = np.abs((nx - px) * (y - py) - (x - px) * (ny - py)) / 2.0  # as GEOS Triangle::area
+    del x, y, px, py, nx, ny, base, prev
+    corner = np.where(np.repeat(closed, n), np.repeat(free, n) | (pos > 0), (pos > 0) & (nxt > 0))
+    small = corner & (area <= tolerance * tolerance)
+    none = np.bincount(edge, weights=small, minlength=ids.size) == 0
+    middle = ~closed & (n == 3)
+    done = none | middle
+    kept = done[edge] & (none[edge] | (pos != 1) | ~small)
+    return done, np.bincount(edge[kept], minlength=ids.size)[done], pos[kept].astype(np.int32)
+
+
 def _simplify_cells(
     e: _Edges,
     members: np.ndarray,
@@ -263,7 +313,45 @@ def _simplify_cells(
     tolerance: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Kept positions (flat, per-member offsets) of the edges ``members`` (grouped by cell,
-    each cell from ``cell_start``, in creation order within a cell).
+    each cell from ``cell_start``, in creation order within a cell). A cell of one
+    edge and no pinned node that :func:`_settled` settles needs no GEOS call."""
+    sizes = np.diff(cell_start)
+    first = members[cell_start[:-1]]
+    alone = np.flatnonzero((sizes == 1) & (np.bincount(pin_cell, minlength=sizes.size) == 0))
+    settled, n_settled, settled_pos = _settled(e, first[alone], tolerance)
+    rest_cell = np.ones(sizes.size, bool)
+    rest_cell[alone[settled]] = False
+    rest = np.repeat(rest_cell, sizes)
+    counts = np.zeros(members.size, np.int64)
+    counts[~rest] = n_settled
+    geos_pos = np.zeros(0, np.int32)
+    if rest.any():
+        geos_pos, geos_off = _simplify_geos(
+            e,
+            members[rest],
+            np.concatenate([[0], np.cumsum(sizes[rest_cell])]),
+            pin_v,
+            (np.cumsum(rest_cell) - 1)[pin_cell],
+            tolerance,
+        )
+        counts[rest] = np.diff(geos_off)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    flat = np.empty(int(offsets[-1]), np.int32)
+    flat[_ranges(offsets[:-1][rest], counts[rest])] = geos_pos
+    flat[_ranges(offsets[:-1][~rest], counts[~rest])] = settled_pos
+    return flat, offsets
+
+
+def _simplify_geos(
+    e: _Edges,
+    members: np.ndarray,
+    cell_start: np.ndarray,
+    pin_v: np.ndarray,
+    pin_cell: np.ndarray,
+    tolerance: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Kept positions (flat, per-member offsets) of the edges ``members`` (grouped by cell,
+    each cell from ``cell_start``, in creation order within a cell), simplified by GEOS.
 
     Each cell is translated to a column of its own. Every edge is the ring of one
     stand-in polygon: an open edge closed through two points beyond the cell's
