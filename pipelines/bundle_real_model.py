@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=REPO / "docs/results/real")
     p.add_argument("--work", type=Path, default=REPO / "runs/real")
     p.add_argument("--out", type=Path, default=REPO / "wsiseg/resources/models")
+    p.add_argument("--status", default="", help="a paragraph on the model's standing (card)")
     a = p.parse_args(argv)
     name = a.name or a.dataset
     runs = _runs(a.results, a.dataset, a.budget)
@@ -167,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     if md_path.is_file():
         report["markdown"] = md_path.read_text()
     card_md = card_markdown(name, card, rec, len(have), _table(report, a.dataset))
+    if a.status:
+        head, sep, rest = card_md.partition("\n## ")
+        card_md = f"{head}\n**Status.** {a.status}\n{sep}{rest}"
     (a.out / f"{name}.md").write_text(card_md)
     print(f"bundled {weights} ({size / 2**20:.1f} MiB) from run {rec['key']} (seed {rec['seed']})")
     print(card_md)

@@ -5,10 +5,10 @@
         ../shared/data/slides/tcga-cr-7395-01a-01-ts1.svs:0.5
 
 A ``:MPP`` suffix gives a slide's pixel size where its metadata has none. Each slide
-is segmented by ``wsiseg segment`` into OUT/run/, then the mask is drawn over the
+is segmented by ``wsiseg segment`` into WORK (default runs/real-slides), then the mask is drawn over the
 slide at the mask's own resolution (the run's overlay.png is a thumbnail at 8 µm/px,
 too coarse to see glands on a small slide): OUT/<slide>.png, plus the class areas
-and refusals/warnings from its summary in OUT/README.md.
+and warnings from its summary in OUT/slides.md.
 """
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("slides", nargs="+", help="SLIDE or SLIDE:MPP")
     p.add_argument("--model", default="glas")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--work", type=Path, default=Path("runs/real-slides"), help="segment outputs")
     a = p.parse_args(argv)
     meta = read_checkpoint_metadata(resolve_model_path(a.model))
     cfg = ModelConfig.from_dict(meta.config["model"])
     names, colours = list(cfg.class_names), [c[1] for c in cfg.classes]
-    run = a.out / "run"
+    run = a.work
     lines = [f"# Real slides segmented with `--model {a.model}`", ""]
     for item in a.slides:
         path, _, mpp_text = item.partition(":")
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             f"[{png.name}]({png.name}); {areas}" + (f"; warnings: {extra}" if extra else "")
         )
     lines += ["", f"Notice: {meta.config.get('notice', '')}", ""]
-    (a.out / "README.md").write_text("\n".join(lines))
+    (a.out / "slides.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
 
