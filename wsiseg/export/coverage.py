@@ -44,7 +44,7 @@ import shapely
 
 __all__ = ["simplify_coverage"]
 
-_CHUNK_VERTICES = 400_000
+_CHUNK_VERTICES = 100_000  # vertices per GEOS call and per chunk of numpy work
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -257,10 +257,11 @@ class _Cells:
 def _settled(
     e: _Edges, ids: np.ndarray, tolerance: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_settled_chunk` over chunks of about ``_CHUNK_VERTICES`` vertices."""
+    """:func:`_settled_chunk` over chunks of about ``_CHUNK_VERTICES / 4`` vertices."""
     size = np.cumsum(e.n_open(ids))
     total = int(size[-1]) if size.size else 0
-    cuts = np.searchsorted(size, np.arange(_CHUNK_VERTICES, total, _CHUNK_VERTICES))
+    step = _CHUNK_VERTICES // 4
+    cuts = np.searchsorted(size, np.arange(step, total, step))
     parts = [
         _settled_chunk(e, ids[i0:i1], tolerance)
         for i0, i1 in zip(np.r_[0, cuts], np.r_[cuts, ids.size], strict=True)
@@ -447,9 +448,10 @@ def _simplify_chunk(
     xs = np.empty(int(ring_n.sum()), np.int64)
     ys = np.empty_like(xs)
     dest = _ranges(ring_start, n_pts)
-    x, y = e.xy(e.edge_v[_ranges(e.edge_offsets[ids], n_pts)])
-    xs[dest] = x + np.repeat(shift_x, n_pts)
-    ys[dest] = y + np.repeat(shift_y, n_pts)
+    key = e.vkeys[e.edge_v[_ranges(e.edge_offsets[ids], n_pts)]]
+    ys[dest] = key // e.width + np.repeat(shift_y, n_pts)
+    xs[dest] = key % e.width + np.repeat(shift_x, n_pts)
+    del key, dest
     o = np.flatnonzero(opened)
     tail = ring_start[o] + n_pts[o]
     xs[tail] = xs[tail + 1] = (bx1[cell] + margin + dx[cell])[o]
@@ -476,9 +478,13 @@ def _simplify_chunk(
     tabs = np.stack([tx, tc, tc, tx, ty, tlo, thi, ty], axis=1).reshape(-1, 2, 4)
     tab_xy = np.stack([tabs[:, 0].ravel(), tabs[:, 1].ravel()], axis=1)
 
-    coords = np.concatenate([np.stack([xs, ys], axis=1), tab_xy]).astype(np.float64)
+    coords = np.empty((xs.size + tab_xy.shape[0], 2), np.float64)
+    coords[: xs.size, 0], coords[: xs.size, 1] = xs, ys
+    coords[xs.size :] = tab_xy
+    del xs, ys, tab_xy, tabs
     n_rings = ids.size + tx.size
     lens = np.concatenate([ring_n, np.full(tx.size, 4, np.int64)])
+    del tx, ty, tc, tjj, tcc, tlo, thi
     offsets = np.concatenate([[0], np.cumsum(lens)])
     polys = shapely.from_ragged_array(
         shapely.GeometryType.POLYGON, coords, (offsets, np.arange(n_rings + 1))
