@@ -6,8 +6,9 @@
 and rebuilds the rings from the simplified edges. Called on a whole slide it holds
 every ring, segment and edge at once, and its spatial index makes each vertex
 removal test against every edge whose envelope covers it. :func:`simplify_coverage`
-gives the same coordinates for polygons on the integer lattice (traced label
-rasters) with bounded GEOS calls:
+gives the same coordinates for pixel-edge polygons (integer, axis-parallel
+segments, edge-matched: a stretch two rings share has the same vertices on both,
+as :mod:`wsiseg.export.trace` gives with junctions) with bounded GEOS calls:
 
 1. nodes, edges, their order and orientation are found as GEOS finds them, with
    numpy: a vertex is a node where it lies on more than two rings, where more than
@@ -15,10 +16,12 @@ rasters) with bounded GEOS calls:
    from boundary segments to shared ones; a ring is split at its nodes starting
    from its first node; an edge shared by two rings keeps the orientation of the
    first ring (coverage order) and edges are simplified in order of creation;
-2. each edge is simplified by GEOS in a *cell* of its own: the edge translated far
-   from everything else, made an edge again by two stand-in polygons whose other
-   vertices lie outside its bounding box (a ring through only far points and the
-   edge's own nodes, so that its ends stay nodes and nothing else can block it);
+2. each edge is simplified by GEOS in a *cell* of its own: translated far from
+   everything else, closed into a stand-in polygon through two points beyond its
+   bounding box, with a *tab* ring (its end node and two far points) at each end
+   so that the ends stay nodes; no stand-in vertex can lie in a removal triangle
+   or be removed. Edges that TPVW cannot change, or only by the middle vertex of
+   three, need no GEOS call;
 3. TPVW couples edges in two ways only: a vertex of another edge inside a removal
    triangle blocks the removal, and a corner whose base equals another two-point
    edge is kept. Every removal triangle lies in the convex hull of the original
