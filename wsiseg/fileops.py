@@ -83,8 +83,11 @@ def _fsync(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_path(final: Path, *, overwrite: bool = False, sync: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of ``final``; rename it to ``final`` on success.
+
+    ``sync=False`` skips the fsync before the rename: for scratch records that a
+    reader checks anyway (after a power loss they may be empty, never half-renamed).
 
     On error the temporary is removed and ``final`` is untouched. With ``overwrite``
     an existing ``final`` is replaced only after the new output is complete: a file
@@ -102,7 +105,7 @@ def atomic_path(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
         remove_path(tmp)
         raise
     try:
-        if tmp.is_file():
+        if sync and tmp.is_file():
             _fsync(tmp)  # data on disk before the name: a crash never shows an empty final
         if final.exists() and (final.is_dir() or tmp.is_dir()):  # os.replace needs two files
             old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")

@@ -21,9 +21,7 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from wsiseg import __version__
+from wsiseg.fileops import atomic_path
 from wsiseg.pipeline.outputs import ResumeIdentity
 from wsiseg.pipeline.stitch import Stitcher
 from wsiseg.tiling import Region, RegionPlan
@@ -145,9 +144,9 @@ class Scratch:
         """Record a finished batch (after its cores are stored): a temporary, then a rename."""
         self._done.mkdir(exist_ok=True)
         final = self._done / f"{record.batch:06d}.json"
-        tmp = self._done / f".{final.name}.{uuid.uuid4().hex[:8]}.partial"
-        tmp.write_text(json.dumps(record.to_json(), separators=(",", ":")))
-        os.replace(tmp, final)
+        # not fsynced: a record is checked against its chunks' checksums when reused
+        with atomic_path(final, overwrite=True, sync=False) as tmp:
+            tmp.write_text(json.dumps(record.to_json(), separators=(",", ":")))
 
     def reusable(
         self, stitcher: Stitcher, batches: Sequence[Sequence[Region]]
@@ -212,7 +211,6 @@ def open_scratch(out_dir: Path, key: dict[str, Any], *, discard: bool = False) -
         shutil.rmtree(old, ignore_errors=True)
     if not folder.is_dir():
         folder.mkdir()
-        tmp = folder / f".{_KEY_FILE}.{uuid.uuid4().hex[:8]}.partial"
-        tmp.write_text(json.dumps(key, sort_keys=True, default=str))
-        os.replace(tmp, folder / _KEY_FILE)
+        with atomic_path(folder / _KEY_FILE, overwrite=True, sync=False) as tmp:
+            tmp.write_text(json.dumps(key, sort_keys=True, default=str))
     return Scratch(folder)
