@@ -25,6 +25,7 @@ import torch
 from wsiseg.fileops import atomic_path
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.deformseg import DeformSeg, MemorySource
+from wsiseg.models.precision import nets_autocast
 from wsiseg.train.loop import TrainConfig, training_step
 
 __all__ = [
@@ -160,7 +161,7 @@ def time_run_kind(
     times = []
     for _ in range(max(2, repeats)):
         t0 = time.perf_counter()
-        with torch.autocast(model.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with nets_autocast(model.device, amp):
             loss, _, _ = training_step(model, x, y, 1.0, rng)
         opt.zero_grad()
         loss.backward()

@@ -23,6 +23,7 @@ from wsiseg.models.checkpoint import save_checkpoint
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.deformseg import DeformSeg, MemorySource
 from wsiseg.models.loading import checkpoint_config, load_model, resolve_device
+from wsiseg.models.precision import autocast_dtype, nets_autocast
 from wsiseg.train.augment import augment_real
 from wsiseg.train.datasets import LabeledSource
 from wsiseg.train.evaluate import confusion_per_image
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 AUGMENTS = ("basic", "real")
 LR_SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,7 @@ class TrainConfig:
             raise InputError(
                 f"unknown lr_schedule {self.lr_schedule!r} (known: {', '.join(LR_SCHEDULES)})"
             )
-        if self.precision not in PRECISIONS:
-            raise InputError(
-                f"unknown precision {self.precision!r} (known: {', '.join(PRECISIONS)})"
-            )
+        autocast_dtype(self.precision, torch.device("cpu"))  # refuses an unknown one
         if self.warmup_steps < 0 or not 0.0 <= self.min_lr_fraction <= 1.0:
             raise InputError("warmup_steps must be >= 0 and min_lr_fraction in [0, 1]")
 
@@ -110,10 +107,9 @@ class TrainConfig:
         return self.lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        """The autocast dtype on ``device`` (None: full float32)."""
-        if self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda"):
-            return torch.bfloat16
-        return None
+        """The autocast dtype on ``device`` (None: full float32), as at inference
+        (`wsiseg.models.precision.autocast_dtype`)."""
+        return autocast_dtype(self.precision, device)
 
     @property
     def val_interval(self) -> int:
@@ -347,9 +343,7 @@ def train(
         gamma = gamma_schedule(step, train_cfg.steps, train_cfg.edge_gamma)
         for group in opt.param_groups:
             group["lr"] = train_cfg.lr_at(step)
-        with torch.autocast(
-            dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
+        with nets_autocast(dev, amp_dtype):
             loss, seg, edge = training_step(model, x, y, gamma, rng)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {step}")
