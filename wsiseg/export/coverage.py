@@ -45,6 +45,8 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
+from wsiseg.export.trace import find_root
+
 __all__ = ["simplify_coverage"]
 
 _CHUNK_VERTICES = 100_000  # vertices per GEOS call and per chunk of numpy work
@@ -220,12 +222,7 @@ class _Cells:
             self.union(int(ids[order[i]]), int(ids[order[i + 1]]))
 
     def find(self, i: int) -> int:
-        root = i
-        while self.parent[root] != root:
-            root = int(self.parent[root])
-        while self.parent[i] != root:
-            self.parent[i], i = root, int(self.parent[i])
-        return root
+        return find_root(self.parent, i)
 
     def union(self, a: int, b: int) -> int:
         ra, rb = self.find(a), self.find(b)

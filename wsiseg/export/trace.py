@@ -43,6 +43,16 @@ BAND_PIXELS = 1 << 22
 """Default pixels per band (about 4 M: some 80 MB of temporaries)."""
 
 
+def find_root(parent: np.ndarray, i: int) -> int:
+    """Root of ``i`` in the union-find forest ``parent`` (path compression on the way)."""
+    root = i
+    while parent[root] != root:
+        root = int(parent[root])
+    while parent[i] != root:
+        parent[i], i = root, int(parent[i])
+    return root
+
+
 @dataclass(frozen=True)
 class TracedCoverage:
     """Polygons of all classes, stored as found.
@@ -88,12 +98,7 @@ class _UnionFind:
         return base
 
     def find(self, i: int) -> int:
-        root = i
-        while self.parent[root] != root:
-            root = int(self.parent[root])
-        while self.parent[i] != root:
-            self.parent[i], i = root, int(self.parent[i])
-        return root
+        return find_root(self.parent, i)
 
     def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
