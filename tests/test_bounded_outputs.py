@@ -278,3 +278,33 @@ def test_render_overlay_in_bands_equals_whole(
         overlay.render_overlay(thumb, labels, colours, alpha=0.8),
         _whole_overlay(thumb, labels, colours, 0.8, None, None),
     )
+
+
+def test_preview_images_are_bounded_and_the_rest_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """overlay.png and thumbnail.png of a thumbnail larger than PREVIEW_MAX_PX a side
+    are the thumbnail subsampled by a whole step; the mask, GeoJSON and areas do not
+    change."""
+    full = _write(tmp_path, "full", None)
+    thumb_long = max(SLIDE) // 16  # 75 px
+    monkeypatch.setattr(run, "PREVIEW_MAX_PX", 30)  # step ceil(75 / 30) = 3
+    small = _write(tmp_path, "small", None)
+    thumb = np.asarray(Image.open(full / "thumbnail.png"))
+    assert max(thumb.shape[:2]) == thumb_long
+    capped = np.asarray(Image.open(small / "thumbnail.png"))
+    np.testing.assert_array_equal(capped, thumb[::3, ::3])
+    overlay_size = Image.open(small / "overlay.png").size
+    assert overlay_size[1] < Image.open(full / "overlay.png").size[1]
+    assert capped.shape[1] * 2 <= overlay_size[0] <= 2 * 30 + 8  # overlay | density panel
+    with (
+        tifffile.TiffFile(full / "mask.ome.tif") as a,
+        tifffile.TiffFile(small / "mask.ome.tif") as b,
+    ):
+        for la, lb in zip(a.series[0].levels, b.series[0].levels, strict=True):
+            np.testing.assert_array_equal(la.asarray(), lb.asarray())
+    assert (full / "annotations.geojson").read_bytes() == (
+        small / "annotations.geojson"
+    ).read_bytes()
+    sa, sb = (json.loads((f / "summary.json").read_text()) for f in (full, small))
+    assert sa["classes"] == sb["classes"]

@@ -52,39 +52,45 @@ class TissueMask:
         return float(self.mask.sum()) * self.downsample**2
 
 
+def _band_saturation(band: np.ndarray) -> np.ndarray:
+    """HSV saturation (float64) of some rows of a uint8 RGB image, as skimage computes it."""
+    f = band.astype(np.float64) * (1 / 255)  # as img_as_float
+    v = f.max(axis=-1)
+    delta = np.ptp(f, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s: np.ndarray = delta / v
+    s[delta == 0.0] = 0.0
+    return s
+
+
 def saturation(rgb: np.ndarray, band_rows: int = 256) -> np.ndarray:
     """HSV saturation of a uint8 RGB image, float64, equal to
     ``skimage.color.rgb2hsv(rgb)[..., 1]`` but computed in bands of rows, so the float
     temporaries are a band's size (a whole-slide thumbnail's HSV would be gigabytes)."""
     out = np.empty(rgb.shape[:2], np.float64)
     for r0 in range(0, rgb.shape[0], band_rows):
-        band = rgb[r0 : r0 + band_rows].astype(np.float64) * (1 / 255)  # as img_as_float
-        v = band.max(axis=-1)
-        delta = np.ptp(band, axis=-1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s = delta / v
-        s[delta == 0.0] = 0.0
-        out[r0 : r0 + band_rows] = s
+        out[r0 : r0 + band_rows] = _band_saturation(rgb[r0 : r0 + band_rows])
     return out
 
 
 def _saturation_bands(
-    sat: np.ndarray, keep: np.ndarray, band_rows: int
+    rgb: np.ndarray, band_rows: int
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(first row, saturation, not-dark) of each band of rows (views)."""
-    for r0 in range(0, sat.shape[0], band_rows):
-        yield r0, sat[r0 : r0 + band_rows], keep[r0 : r0 + band_rows]
+    """(first row, saturation, not-dark) of each band of rows, computed when reached:
+    the whole-thumbnail float array is never held."""
+    for r0 in range(0, rgb.shape[0], band_rows):
+        band = rgb[r0 : r0 + band_rows]
+        # Near-black pixels (pen, scanner borders) have high saturation noise: not tissue.
+        yield r0, _band_saturation(band), band.max(axis=-1) >= 40
 
 
-def _otsu_threshold(
-    sat: np.ndarray, keep: np.ndarray, band_rows: int
-) -> tuple[float, float] | None:
+def _otsu_threshold(rgb: np.ndarray, band_rows: int) -> tuple[float, float] | None:
     """Otsu's threshold of the saturation of the not-dark pixels, and the mean of the
     values at or below it; None when they do not vary. Equal to
     ``skimage.filters.threshold_otsu`` of those values, with their 256-bin histogram
     counted band by band (the same bin edges: the values' own range)."""
     lo, hi, n = np.inf, -np.inf, 0
-    for _, s_band, k_band in _saturation_bands(sat, keep, band_rows):
+    for _, s_band, k_band in _saturation_bands(rgb, band_rows):
         values = s_band[k_band]
         if values.size:
             lo, hi, n = min(lo, float(values.min())), max(hi, float(values.max())), n + values.size
@@ -92,14 +98,15 @@ def _otsu_threshold(
         return None
     counts = np.zeros(256, np.int64)
     edges = np.linspace(lo, hi, 257)  # what np.histogram uses for range=(lo, hi)
-    for _, s_band, k_band in _saturation_bands(sat, keep, band_rows):
-        counts += np.histogram(s_band[k_band], bins=256, range=(lo, hi))[0]
+    total, below = 0.0, 0
+    for _, s_band, k_band in _saturation_bands(rgb, band_rows):
+        values = s_band[k_band]
+        counts += np.histogram(values, bins=256, range=(lo, hi))[0]
     centers = (edges[:-1] + edges[1:]) / 2
     otsu = float(filters.threshold_otsu(hist=(counts, centers)))
-    total, below = 0.0, 0
-    for _, s_band, k_band in _saturation_bands(sat, keep, band_rows):
-        values = s_band[k_band]
-        low = values[values <= otsu]
+    for _, s_band, k_band in _saturation_bands(rgb, band_rows):
+        low = s_band[k_band]
+        low = low[low <= otsu]
         total, below = total + float(low.sum()), below + low.size
     return otsu, (total / below if below else np.nan)
 
@@ -111,19 +118,19 @@ def tissue_mask_from_rgb(
 
     Otsu on the saturation of the not-dark pixels, kept if the pixels below it look
     like background (else the floor); then closing and removal of small holes and
-    objects. The saturation is computed, and its not-dark values counted, in bands of
-    ``band_rows`` rows: no whole-thumbnail HSV image or copies of the values.
+    objects. The saturation is computed band by band of ``band_rows`` rows in each
+    pass (the threshold's three, the mask's one): only the boolean mask is
+    thumbnail-sized.
     """
-    sat = saturation(rgb, band_rows)
-    # Near-black pixels (pen, scanner borders) have high saturation noise: not tissue.
-    keep = rgb.max(axis=-1) >= 40
     thr = params.saturation_floor
-    found = _otsu_threshold(sat, keep, band_rows)
+    found = _otsu_threshold(rgb, band_rows)
     if found is not None:
         otsu, low_mean = found
         if np.isfinite(low_mean) and low_mean <= params.background_max:
             thr = max(otsu, params.saturation_floor)
-    mask = (sat > thr) & keep
+    mask = np.empty(rgb.shape[:2], bool)
+    for r0, s_band, k_band in _saturation_bands(rgb, band_rows):
+        mask[r0 : r0 + band_rows] = (s_band > thr) & k_band
     px_area = mpp * mpp
     radius = max(1, round(params.closing_um / mpp / 2))
     mask = morphology.closing(mask, morphology.disk(radius))

@@ -52,6 +52,7 @@ from wsiseg.models.loading import check_model, resolve_model_path
 from wsiseg.pipeline.admission import Admission, admit_slide
 from wsiseg.pipeline.cluster import task_resources
 from wsiseg.pipeline.config import SegmentConfig
+from wsiseg.pipeline.memory import release_freed_memory
 from wsiseg.pipeline.outputs import ClassArea, ResumeIdentity, RoiRecord, SlideSummary
 from wsiseg.pipeline.roi import clip_roi_to_slide
 from wsiseg.pipeline.scratch import BatchRecord, Scratch, core_sha256, open_scratch, scratch_key
@@ -342,6 +343,8 @@ def segment_slide(
                 tissue_downsample=tissue.downsample,
                 roi=roi,
             )
+            thumb = preview_image(thumb)  # all that is needed of it from here on
+            release_freed_memory()  # the thumbnail's and tissue detection's temporaries
         if not plan.regions:
             return SlideOutcome(
                 str(slide), "no tissue", None, "no tissue found on the slide", admission=admission
@@ -355,6 +358,7 @@ def segment_slide(
         scratch = open_scratch(out_dir, key, discard=overwrite)
         try:
             result = _run_regions(ref, model, config, plan, batches, client, scratch, on_region)
+            release_freed_memory()
             # Right before the first final rename: nobody else finished this slide meanwhile.
             if _summary_state(out_dir) != seen:
                 raise Refused(f"{out_dir}: another run wrote results meanwhile; not replaced")
@@ -529,6 +533,9 @@ def _result(fut: Future[BatchResult]) -> BatchResult:
 #: masked to the ROI, counted and subsampled one band of rows at a time (whole chunk
 #: rows where the budget allows), so the driver never holds the whole raster.
 WRITE_BAND_PIXELS = 1 << 24
+#: Long side of ``overlay.png`` and ``thumbnail.png`` at most (larger thumbnails are
+#: subsampled by a whole step): the report's images stay bounded on any slide.
+PREVIEW_MAX_PX = 4096
 _BINCOUNT_PIXELS = 1 << 20  # np.bincount widens uint8 to intp: count in pieces
 
 
@@ -589,6 +596,14 @@ def _weighted_counts(parts: np.ndarray, plan: RegionPlan, shape: tuple[int, int]
     counts += (fy - 1.0) * parts[2].astype(float)  # last row, corner excluded
     counts += (fx * fy - 1.0) * parts[3].astype(float)  # the corner
     return counts
+
+
+def preview_image(thumb: np.ndarray) -> np.ndarray:
+    """The thumbnail for ``overlay.png`` and ``thumbnail.png``: subsampled by the
+    smallest whole step that brings its long side to ``PREVIEW_MAX_PX`` or less (a
+    copy, so the full thumbnail can be freed); unchanged when it is that small."""
+    step = -(-max(thumb.shape[:2]) // PREVIEW_MAX_PX)
+    return np.ascontiguousarray(thumb[::step, ::step]) if step > 1 else thumb
 
 
 @dataclass
@@ -676,8 +691,9 @@ def _write_outputs(
     out_mpp = plan.output_mpp
     names, colours = list(cfg.class_names), [c[1] for c in cfg.classes]
     downsample = out_mpp / plan.mpp
+    preview = preview_image(thumb)
     # The label raster stays in its zarr store; one pass of bands masks it to the ROI.
-    scan = _scan_labels(result.labels, roi, plan, cfg.num_classes, thumb.shape[:2])
+    scan = _scan_labels(result.labels, roi, plan, cfg.num_classes, preview.shape[:2])
     write_label_ome_tiff(
         out_dir / "mask.ome.tif", result.labels, (out_mpp, out_mpp), names, colours, overwrite=True
     )
@@ -702,8 +718,9 @@ def _write_outputs(
             yield item
 
     write_geojson(out_dir / "annotations.geojson", counted(features), overwrite=True)
-    # Overlay: labels and density brought to the thumbnail's grid.
-    th, tw = thumb.shape[:2]
+    release_freed_memory()  # the traced rings
+    # Overlay: labels and density brought to the preview's grid.
+    th, tw = preview.shape[:2]
     dens_small = None
     if result.density is not None:
         d = result.density
@@ -712,14 +729,14 @@ def _write_outputs(
         dens_small = d[dy[:, None], dx[None, :]]
     write_overlay_png(
         out_dir / "overlay.png",
-        thumb,
+        preview,
         scan.small,
         colours,
         density=dens_small,
         legend=names,
         overwrite=True,
     )
-    write_png(out_dir / "thumbnail.png", thumb, overwrite=True)
+    write_png(out_dir / "thumbnail.png", preview, overwrite=True)
     counts = scan.counts
     px_mm2 = (out_mpp / 1000.0) ** 2
     level0_tissue = tissue.area_level0_px
