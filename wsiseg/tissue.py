@@ -7,8 +7,8 @@ split it in two); a minimum object area and hole filling remove dust and lumina.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from shapely.geometry import MultiPolygon
@@ -52,63 +52,64 @@ class TissueMask:
         return float(self.mask.sum()) * self.downsample**2
 
 
-def _band_saturation(band: np.ndarray) -> np.ndarray:
-    """HSV saturation (float64) of some rows of a uint8 RGB image, as skimage computes it."""
-    f = band.astype(np.float64) * (1 / 255)  # as img_as_float
-    v = f.max(axis=-1)
-    delta = np.ptp(f, axis=-1)
+@cache
+def _saturation_table() -> np.ndarray:
+    """HSV saturation by (largest, smallest) channel value of a uint8 pixel, float64,
+    with skimage's arithmetic: (max/255 - min/255) / (max/255), 0 where they are equal.
+    A pixel's saturation depends on these two values only, so a lookup gives the very
+    floats ``rgb2hsv`` computes."""
+    f = np.arange(256, dtype=np.float64) * (1 / 255)  # as img_as_float
+    delta = f[:, None] - f[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
-        s: np.ndarray = delta / v
-    s[delta == 0.0] = 0.0
-    return s
+        table = delta / f[:, None]
+    table[delta <= 0.0] = 0.0  # equal (grey), or min > max (never looked up)
+    table.flags.writeable = False
+    return table
+
+
+def _codes(band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel of some rows of a uint8 RGB image: the (max, min) channel pair as one
+    index into the flattened `_saturation_table`, and whether it is not dark."""
+    hi = band.max(axis=-1)
+    code = hi.astype(np.intp) * 256 + band.min(axis=-1)
+    # Near-black pixels (pen, scanner borders) have high saturation noise: not tissue.
+    return code, hi >= 40
 
 
 def saturation(rgb: np.ndarray, band_rows: int = 256) -> np.ndarray:
     """HSV saturation of a uint8 RGB image, float64, equal to
-    ``skimage.color.rgb2hsv(rgb)[..., 1]`` but computed in bands of rows, so the float
-    temporaries are a band's size (a whole-slide thumbnail's HSV would be gigabytes)."""
+    ``skimage.color.rgb2hsv(rgb)[..., 1]`` (looked up per band of rows, no float image)."""
+    table = _saturation_table().ravel()
     out = np.empty(rgb.shape[:2], np.float64)
     for r0 in range(0, rgb.shape[0], band_rows):
-        out[r0 : r0 + band_rows] = _band_saturation(rgb[r0 : r0 + band_rows])
+        out[r0 : r0 + band_rows] = table[_codes(rgb[r0 : r0 + band_rows])[0]]
     return out
-
-
-def _saturation_bands(
-    rgb: np.ndarray, band_rows: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(first row, saturation, not-dark) of each band of rows, computed when reached:
-    the whole-thumbnail float array is never held."""
-    for r0 in range(0, rgb.shape[0], band_rows):
-        band = rgb[r0 : r0 + band_rows]
-        # Near-black pixels (pen, scanner borders) have high saturation noise: not tissue.
-        yield r0, _band_saturation(band), band.max(axis=-1) >= 40
 
 
 def _otsu_threshold(rgb: np.ndarray, band_rows: int) -> tuple[float, float] | None:
     """Otsu's threshold of the saturation of the not-dark pixels, and the mean of the
     values at or below it; None when they do not vary. Equal to
-    ``skimage.filters.threshold_otsu`` of those values, with their 256-bin histogram
-    counted band by band (the same bin edges: the values' own range)."""
-    lo, hi, n = np.inf, -np.inf, 0
-    for _, s_band, k_band in _saturation_bands(rgb, band_rows):
-        values = s_band[k_band]
-        if values.size:
-            lo, hi, n = min(lo, float(values.min())), max(hi, float(values.max())), n + values.size
-    if n == 0 or not hi > lo:
+    ``skimage.filters.threshold_otsu`` of those values: one pass counts the pixels per
+    (max, min) pair, whose saturations are exact, and the 256-bin histogram (bin edges:
+    the values' own range) is made from those counts."""
+    per_code = np.zeros(256 * 256, np.int64)
+    for r0 in range(0, rgb.shape[0], band_rows):
+        code, keep = _codes(rgb[r0 : r0 + band_rows])
+        per_code += np.bincount(code[keep], minlength=per_code.size)
+    present = np.flatnonzero(per_code)
+    if present.size == 0:
         return None
-    counts = np.zeros(256, np.int64)
+    values, counts = _saturation_table().ravel()[present], per_code[present]
+    lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return None
+    hist = np.histogram(values, bins=256, range=(lo, hi), weights=counts)[0]
     edges = np.linspace(lo, hi, 257)  # what np.histogram uses for range=(lo, hi)
-    total, below = 0.0, 0
-    for _, s_band, k_band in _saturation_bands(rgb, band_rows):
-        values = s_band[k_band]
-        counts += np.histogram(values, bins=256, range=(lo, hi))[0]
     centers = (edges[:-1] + edges[1:]) / 2
-    otsu = float(filters.threshold_otsu(hist=(counts, centers)))
-    for _, s_band, k_band in _saturation_bands(rgb, band_rows):
-        low = s_band[k_band]
-        low = low[low <= otsu]
-        total, below = total + float(low.sum()), below + low.size
-    return otsu, (total / below if below else np.nan)
+    otsu = float(filters.threshold_otsu(hist=(hist.astype(np.int64), centers)))
+    low = values <= otsu
+    below = int(counts[low].sum())
+    return otsu, (float((values[low] * counts[low]).sum()) / below if below else np.nan)
 
 
 def tissue_mask_from_rgb(
@@ -118,9 +119,8 @@ def tissue_mask_from_rgb(
 
     Otsu on the saturation of the not-dark pixels, kept if the pixels below it look
     like background (else the floor); then closing and removal of small holes and
-    objects. The saturation is computed band by band of ``band_rows`` rows in each
-    pass (the threshold's three, the mask's one): only the boolean mask is
-    thumbnail-sized.
+    objects. Two passes over bands of ``band_rows`` rows (the threshold's counts, then
+    the mask) and lookups instead of a float HSV image: only the mask is thumbnail-sized.
     """
     thr = params.saturation_floor
     found = _otsu_threshold(rgb, band_rows)
@@ -128,9 +128,11 @@ def tissue_mask_from_rgb(
         otsu, low_mean = found
         if np.isfinite(low_mean) and low_mean <= params.background_max:
             thr = max(otsu, params.saturation_floor)
+    above = (_saturation_table() > thr).ravel()
     mask = np.empty(rgb.shape[:2], bool)
-    for r0, s_band, k_band in _saturation_bands(rgb, band_rows):
-        mask[r0 : r0 + band_rows] = (s_band > thr) & k_band
+    for r0 in range(0, rgb.shape[0], band_rows):
+        code, keep = _codes(rgb[r0 : r0 + band_rows])
+        mask[r0 : r0 + band_rows] = above[code] & keep
     px_area = mpp * mpp
     radius = max(1, round(params.closing_um / mpp / 2))
     mask = morphology.closing(mask, morphology.disk(radius))
