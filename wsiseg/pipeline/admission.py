@@ -176,7 +176,8 @@ def admit_slide(
     force : bool
         Admit the slide even if refused (``forced`` is then true).
     thumbnail : numpy.ndarray, optional
-        An RGB thumbnail of the whole slide, if one is at hand (else one is read, <= 512 px).
+        An RGB thumbnail of the whole slide, if one is at hand (else one is read); its
+        pixels are subsampled by a whole step to at most 512 px a side for the checks.
     """
     out = Admission()
     evidence = fluorescence_evidence(reader.properties)
@@ -190,7 +191,11 @@ def admit_slide(
             f"{task:g} µm/px (more than {MAX_MPP_RATIO:g}x): the slide lacks the detail "
             "the model reads"
         )
-    thumb = thumbnail if thumbnail is not None else _thumbnail(reader)
+    if thumbnail is None:
+        thumb = _thumbnail(reader)
+    else:  # statistics of pixels: every step-th pixel, <= _THUMB_PX a side, will do
+        step = -(-max(thumbnail.shape[:2]) // _THUMB_PX)
+        thumb = thumbnail[::step, ::step]
     if not evidence:
         dark = dark_background(thumb)
         if dark:
