@@ -91,3 +91,28 @@ def test_quick_real_benchmark_results_resume_report(tmp_path: Path, labeled: Pat
     (out / "real.md").unlink()
     _bench(out, work, labeled, "--report-only")
     assert (out / "real.md").read_text() == md
+
+
+@pytest.mark.realdata
+def test_extra_run_outside_the_plan(tmp_path: Path, labeled: Path) -> None:
+    """benchmark_real_extra.py: one diagnostic run (uniform 1/4, not in the plan) under
+    the benchmark's rule, its result file, and no second training for a finished key."""
+    script = REPO / "pipelines" / "benchmark_real_extra.py"
+    out, work = tmp_path / "extra", tmp_path / "work"
+    cmd = [sys.executable, str(script), "--dataset", "glas", "--sampler", "uniform"]
+    cmd += ["--budget", "1/4", "--seed", "1", "--quick", "--out", str(out), "--work", str(work)]
+    cmd += ["--shared", str(labeled)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (result,) = out.glob("*.json")
+    rec = json.loads(result.read_text())
+    assert (rec["sampler"], rec["budget"], rec["seed"]) == ("uniform", 0.25, 1)
+    assert rec["model"]["sample_px"] == 64  # half of the quick 128 px region a side
+    assert len(rec["per_image"]) == 2 and "gland IoU" in first.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0 and "already finished" in again.stdout
+    bad = subprocess.run(
+        [*cmd[:6], "--budget", "2"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert bad.returncode == 2 and "--budget must be in (0, 1]" in bad.stderr
