@@ -141,3 +141,27 @@ def test_banded_tissue_mask_on_a_real_slide(shared_data) -> None:
     mask, thr = tissue_mask_from_rgb(rgb, 2.0, band_rows=50)
     ref_mask, ref_thr = _whole_image_mask(rgb, 2.0, TissueParams())
     assert thr == ref_thr and np.array_equal(mask, ref_mask) and mask.any()
+
+
+@pytest.mark.parametrize("band_rows", [1, 4, 256])
+def test_remove_small_components_equals_skimage(band_rows: int) -> None:
+    """The banded removal clears exactly what skimage's remove_small_objects (and, on
+    the inverted mask, remove_small_holes) clears, components on the border included."""
+    from skimage import morphology
+
+    from wsiseg.tissue import remove_small_components
+
+    rng = np.random.default_rng(band_rows)
+    changed = 0
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        mask = rng.random((h, w)) < rng.random()
+        max_size = int(rng.integers(1, 25))
+        objects = mask.copy()
+        remove_small_components(objects, max_size, band_rows)
+        assert np.array_equal(objects, morphology.remove_small_objects(mask, max_size=max_size))
+        holes = ~mask
+        remove_small_components(holes, max_size, band_rows)
+        assert np.array_equal(~holes, morphology.remove_small_holes(mask, max_size=max_size))
+        changed += int((objects != mask).any())
+    assert changed > 10

@@ -11,13 +11,21 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+from scipy import ndimage
 from shapely.geometry import MultiPolygon
 from skimage import filters, morphology
 
 from wsiseg.geometry import mask_to_polygons
 from wsiseg.io.reader import SlideReader
 
-__all__ = ["TissueParams", "TissueMask", "saturation", "tissue_mask_from_rgb", "detect_tissue"]
+__all__ = [
+    "TissueParams",
+    "TissueMask",
+    "saturation",
+    "tissue_mask_from_rgb",
+    "remove_small_components",
+    "detect_tissue",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +144,28 @@ def tissue_mask_from_rgb(
     px_area = mpp * mpp
     radius = max(1, round(params.closing_um / mpp / 2))
     mask = morphology.closing(mask, morphology.disk(radius))
-    mask = morphology.remove_small_holes(
-        mask, max_size=max(1, round(params.max_hole_um2 / px_area))
-    )
-    mask = morphology.remove_small_objects(
-        mask, max_size=max(1, round(params.min_object_um2 / px_area))
-    )
+    # Holes: the small components of the background (those touching the border too).
+    np.logical_not(mask, out=mask)
+    remove_small_components(mask, max(1, round(params.max_hole_um2 / px_area)), band_rows)
+    np.logical_not(mask, out=mask)
+    remove_small_components(mask, max(1, round(params.min_object_um2 / px_area)), band_rows)
     return mask, thr
+
+
+def remove_small_components(mask: np.ndarray, max_size: int, band_rows: int = 256) -> None:
+    """Clear, in place, the 4-connected components of ``mask`` of at most ``max_size``
+    pixels: skimage's ``remove_small_objects(mask, max_size=max_size)``, whose int64
+    copy of the labels (for ``np.bincount``) is avoided by counting and clearing band by
+    band, so an int32 label image is the only thumbnail-sized temporary."""
+    labels = np.empty(mask.shape, np.int32)
+    n = int(ndimage.label(mask, output=labels))
+    sizes = np.zeros(n + 1, np.int64)
+    for r0 in range(0, mask.shape[0], band_rows):
+        sizes += np.bincount(labels[r0 : r0 + band_rows].ravel(), minlength=n + 1)
+    small = sizes <= max_size
+    small[0] = False
+    for r0 in range(0, mask.shape[0], band_rows):
+        mask[r0 : r0 + band_rows][small[labels[r0 : r0 + band_rows]]] = False
 
 
 def detect_tissue(
