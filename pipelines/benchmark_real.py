@@ -52,6 +52,7 @@ training and two test images per dataset with tiny sizes and a few steps.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -300,9 +301,20 @@ def plan(ds: Dataset, seeds: int, quick: bool, threads: int) -> list[Run]:
     return runs
 
 
-def _run(ds: Dataset, sampler: str, budget: float, seed: int, quick: bool, threads: int) -> Run:
+def _run(
+    ds: Dataset,
+    sampler: str,
+    budget: float,
+    seed: int,
+    quick: bool,
+    threads: int,
+    batch_size: int | None = None,
+) -> Run:
+    """The planned run; ``batch_size`` overrides the plan's regions per step (a new key)."""
     mcfg = model_config(ds, sampler, budget, quick)
     tcfg = train_config(sampler, seed, quick, threads)
+    if batch_size is not None:
+        tcfg = dataclasses.replace(tcfg, batch_size=batch_size)
     ident = {
         "version": VERSION,
         "benchmark": "real",

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", choices=("learned", "uniform", "tiled"), required=True)
     p.add_argument("--budget", default="1", help="fraction of the region's pixels, e.g. 1/4")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=None, help="regions per step (default: the plan's)")
     p.add_argument("--out", type=Path, default=br.REPO / "docs" / "results" / "real" / "extra")
     p.add_argument("--work", type=Path, default=Path("runs/real"))
     p.add_argument("--shared", type=Path, default=None, help="shared data folder")
@@ -48,9 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {shared} not found (set --shared or WSISEG_SHARED_DATA)", file=sys.stderr)
         return 2
     ds = br.load_dataset(a.dataset, shared, a.quick)
-    run = br._run(ds, a.sampler, budget, a.seed, a.quick, 1)
+    run = br._run(ds, a.sampler, budget, a.seed, a.quick, 1, a.batch)
     done = a.out / f"{run.key}.json"
-    print(f"{br._label(run, ' ')} ({run.key}), {run.model.sample_px} samples a side", flush=True)
+    print(
+        f"{br._label(run, ' ')} ({run.key}), {run.model.sample_px} samples a side, "
+        f"{run.train.batch_size} regions per step",
+        flush=True,
+    )
     if done.is_file():
         print(f"already finished: {done}")
         return 0

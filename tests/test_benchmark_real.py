@@ -116,3 +116,9 @@ def test_extra_run_outside_the_plan(tmp_path: Path, labeled: Path) -> None:
         [*cmd[:6], "--budget", "2"], capture_output=True, text=True, env=env, timeout=60
     )
     assert bad.returncode == 2 and "--budget must be in (0, 1]" in bad.stderr
+    # --batch: more regions per step is another configuration (its own key and file)
+    batched = subprocess.run([*cmd, "--batch", "3"], capture_output=True, text=True, env=env)
+    assert batched.returncode == 0, batched.stderr[-3000:]
+    assert "3 regions per step" in batched.stdout and "already finished" not in batched.stdout
+    assert len(list(out.glob("*.json"))) == 2
+    assert {json.loads(p.read_text())["train"]["batch_size"] for p in out.glob("*.json")} == {2, 3}
