@@ -159,7 +159,7 @@ def _write(tmp_path: Path, name: str, roi: shapely.Geometry | None) -> Path:
         model,
         SegmentConfig(min_area_um2=0.0),
         plan,
-        tissue,
+        run.detected_tissue_px(tissue, roi),
         thumb,
         result,
         "slide-id",

@@ -30,3 +30,26 @@ def test_freed_heap_memory_leaves_the_process() -> None:
     assert release_freed_memory() is True
     assert before - _rss_bytes() > 100 * 2**20
     assert keep is not None
+
+
+def test_openslide_handles_share_one_tile_cache(small_synthetic, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every OpenSlide handle of a process (driver and worker threads) uses one tile
+    cache of OPENSLIDE_CACHE_BYTES, instead of one default cache per handle."""
+    import openslide
+
+    from wsiseg.io import backends, open_slide
+
+    cache = backends._shared_openslide_cache()
+    assert cache is not None, "openslide-python >= 1.3 with OpenSlide >= 4 is installed"
+    used: list[object] = []
+    real = openslide.OpenSlide.set_cache
+    monkeypatch.setattr(
+        openslide.OpenSlide, "set_cache", lambda self, c: (used.append(c), real(self, c))[1]
+    )
+    with (
+        open_slide(small_synthetic.image, backend="openslide") as a,
+        open_slide(small_synthetic.image, backend="openslide") as b,
+    ):
+        pa, pb = a.read_region(0, 10, 20, 64, 48), b.read_region(0, 10, 20, 64, 48)
+    assert len(used) == 2 and used[0] is used[1] is cache
+    assert pa.shape == (48, 64, 3) and (pa == pb).all()

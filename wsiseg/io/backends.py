@@ -17,6 +17,24 @@ log = logging.getLogger(__name__)
 
 #: Block size of the fixed read lattice for levels with non-integer downsamples.
 _LATTICE_PX = 256
+#: Bytes of decoded tiles kept by OpenSlide for all the slides a process has open (one
+#: cache shared by the driver's and every worker thread's handle; OpenSlide's default
+#: is this much per handle, so memory grew with the handles as large slides filled them).
+OPENSLIDE_CACHE_BYTES = 32 << 20
+
+
+@functools.cache
+def _shared_openslide_cache() -> Any:
+    """The process's one tile cache, or None where OpenSlide cannot share one
+    (openslide-python < 1.3 or OpenSlide < 4.0: then each handle keeps its own)."""
+    import openslide
+
+    if not hasattr(openslide, "OpenSlideCache"):
+        return None
+    try:
+        return openslide.OpenSlideCache(OPENSLIDE_CACHE_BYTES)
+    except openslide.OpenSlideVersionError:
+        return None
 
 
 class _WrappedSlide(BaseSlideReader):
@@ -57,6 +75,9 @@ class OpenSlideReader(_WrappedSlide):
 
         self._slide: Any = openslide.OpenSlide(str(self._openable_path(self.path)))
         self._props = dict(self._slide.properties)
+        cache = _shared_openslide_cache()
+        if cache is not None:
+            self._slide.set_cache(cache)
 
     @staticmethod
     def _openable_path(path: Path) -> Path:

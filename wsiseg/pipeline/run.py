@@ -344,6 +344,8 @@ def segment_slide(
                 roi=roi,
             )
             thumb = preview_image(thumb)  # all that is needed of it from here on
+            level0_tissue = detected_tissue_px(tissue, roi)
+            del tissue  # its mask grows with the slide; only its area is needed from here on
             release_freed_memory()  # the thumbnail's and tissue detection's temporaries
         if not plan.regions:
             return SlideOutcome(
@@ -372,7 +374,7 @@ def segment_slide(
                 model,
                 config,
                 plan,
-                tissue,
+                level0_tissue,
                 thumb,
                 result,
                 slide_id,
@@ -598,6 +600,14 @@ def _weighted_counts(parts: np.ndarray, plan: RegionPlan, shape: tuple[int, int]
     return counts
 
 
+def detected_tissue_px(tissue: TissueMask, roi: BaseGeometry | None) -> float:
+    """Level-0 pixels of detected tissue (inside ``roi`` when one is given)."""
+    if roi is None:
+        return tissue.area_level0_px
+    in_roi = polygons_to_mask(roi, tissue.mask.shape, scale=tissue.downsample)
+    return float((tissue.mask & in_roi).sum()) * tissue.downsample**2
+
+
 def preview_image(thumb: np.ndarray) -> np.ndarray:
     """The thumbnail for ``overlay.png`` and ``thumbnail.png``: subsampled by the
     smallest whole step that brings its long side to ``PREVIEW_MAX_PX`` or less (a
@@ -674,7 +684,7 @@ def _write_outputs(
     model: ModelInfo,
     config: SegmentConfig,
     plan: RegionPlan,
-    tissue: TissueMask,
+    level0_tissue: float,
     thumb: np.ndarray,
     result: _RunResult,
     slide_id: str,
@@ -684,7 +694,8 @@ def _write_outputs(
     """Write mask, GeoJSON and images; return the summary (written last, by the caller).
 
     With an ROI, labels outside it are background, features are cut to it, and class
-    and tissue areas count only what lies inside it.
+    and tissue areas count only what lies inside it (``level0_tissue``: the detected
+    tissue's level-0 pixels, inside the ROI).
     """
     cfg = model.config
     t0 = time.perf_counter()
@@ -739,10 +750,6 @@ def _write_outputs(
     write_png(out_dir / "thumbnail.png", preview, overwrite=True)
     counts = scan.counts
     px_mm2 = (out_mpp / 1000.0) ** 2
-    level0_tissue = tissue.area_level0_px
-    if roi is not None:
-        in_roi = polygons_to_mask(roi, tissue.mask.shape, scale=tissue.downsample)
-        level0_tissue = float((tissue.mask & in_roi).sum()) * tissue.downsample**2
     classes, tissue_px = class_areas(
         names, counts, px_mm2, detected_tissue_px=level0_tissue * (plan.mpp / out_mpp) ** 2
     )
