@@ -53,3 +53,41 @@ def test_openslide_handles_share_one_tile_cache(small_synthetic, monkeypatch) ->
         pa, pb = a.read_region(0, 10, 20, 64, 48), b.read_region(0, 10, 20, 64, 48)
     assert len(used) == 2 and used[0] is used[1] is cache
     assert pa.shape == (48, 64, 3) and (pa == pb).all()
+
+
+_CHURN = """
+import os, sys
+from wsiseg.pipeline.memory import fixed_mmap_threshold
+fixed = fixed_mmap_threshold() if sys.argv[1] == "fixed" else False
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+big = b"x" * (8 << 20)  # freeing a mapped 8 MB block raises glibc's dynamic threshold
+del big
+before = rss()
+blocks = [b"x" * (3 << 20) for _ in range(40)]  # 120 MB of 3 MB blocks
+keep = b"y" * 100_000  # malloc-ed last: the heap top cannot shrink under it
+del blocks
+print(fixed, (rss() - before) >> 20, os.environ.get("MALLOC_MMAP_THRESHOLD_"))
+"""
+
+
+@pytest.mark.skipif(not glibc, reason="mallopt is a glibc function")
+def test_fixed_mmap_threshold_returns_freed_region_sized_blocks() -> None:
+    """After glibc has raised its mmap threshold, freed blocks of a few MB stay in the
+    heap (RSS keeps them); with the threshold fixed they go back when freed, and the
+    setting is passed on to child processes through the environment."""
+    import subprocess
+
+    # glibc's own defaults (dask sets MALLOC_TRIM_THRESHOLD_, which fixes them too)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = {}
+    for mode in ("dynamic", "fixed"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHURN, mode], capture_output=True, text=True, env=env
+        )
+        assert proc.returncode == 0, proc.stderr
+        out[mode] = proc.stdout.split()
+    assert out["dynamic"][0] == "False" and int(out["dynamic"][1]) > 100
+    assert out["fixed"] == ["True", out["fixed"][1], str(1 << 20)]
+    assert int(out["fixed"][1]) < 10

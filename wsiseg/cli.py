@@ -730,6 +730,9 @@ def segment(
     force: bool,
 ) -> None:
     """Segment slides (files or folders) into masks, QuPath GeoJSON and summaries."""
+    from wsiseg.pipeline.memory import fixed_mmap_threshold
+
+    fixed_mmap_threshold()  # before the regions' allocations: memory stays flat
     from wsiseg.pipeline.batch import BatchSettings, run_batch
     from wsiseg.pipeline.config import SegmentConfig
 
