@@ -9,8 +9,11 @@ anchor colours, so no plotting library is needed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -223,17 +226,12 @@ def write_overlay_png(
     legend: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """`write_png` of `render_overlay` (the same file), drawn band by band into the
-    image that is encoded: no second copy of the whole overlay is held."""
+    """`write_png` of `render_overlay` (the same file), drawn and encoded band by
+    band: the whole overlay is never held."""
     (height, width), bands = _overlay_bands(
         thumbnail_rgb, labels_small, class_colours, alpha, density, legend
     )
-    img = Image.new("RGB", (width, height))
-    row = 0
-    for band in bands:
-        img.paste(Image.fromarray(band), (0, row))
-        row += band.shape[0]
-    return _save_png(path, img, overwrite)
+    return _save_png(path, (height, width), bands, overwrite)
 
 
 def _overlay_bands(
@@ -285,11 +283,53 @@ def write_png(path: str | Path, rgb: np.ndarray, *, overwrite: bool = False) -> 
     FileExistsError
         ``path`` exists and ``overwrite`` is False.
     """
-    return _save_png(path, Image.fromarray(_as_rgb(rgb)), overwrite)
+    img = _as_rgb(rgb)
+    return _save_png(path, img.shape[:2], [img], overwrite)
 
 
-def _save_png(path: str | Path, img: Image.Image, overwrite: bool) -> Path:
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IDAT_BYTES = 1 << 16  # compressed bytes per IDAT chunk
+
+
+def _png_chunk(fh: BinaryIO, kind: bytes, data: bytes) -> None:
+    fh.write(struct.pack(">I", len(data)) + kind + data)
+    fh.write(struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def _save_png(
+    path: str | Path, shape: tuple[int, int], bands: Iterable[np.ndarray], overwrite: bool
+) -> Path:
+    """An 8-bit RGB PNG of ``shape`` (height, width) from its rows, band after band
+    (uint8 (rows, width, 3) each), encoded as they come: every row filtered by "up"
+    (its difference to the row above), one zlib stream cut into IDAT chunks of a fixed
+    size, so the file does not depend on how the rows were banded."""
+    height, width = shape
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        img.save(tmp, format="PNG", optimize=False)
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
+        fh.write(_PNG_SIGNATURE)
+        _png_chunk(fh, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        deflate = zlib.compressobj(6)
+        pending = bytearray()
+        above = np.zeros(width * 3, np.uint8)
+        rows_written = 0
+        for band in bands:
+            rows = np.ascontiguousarray(band, np.uint8).reshape(-1, width * 3)
+            if not rows.size:
+                continue
+            filtered = np.empty((rows.shape[0], width * 3 + 1), np.uint8)
+            filtered[:, 0] = 2  # filter type "up"; uint8 differences wrap modulo 256
+            np.subtract(rows[0], above, out=filtered[0, 1:])
+            np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+            above = rows[-1].copy()
+            rows_written += rows.shape[0]
+            pending += deflate.compress(filtered.tobytes())
+            while len(pending) >= _IDAT_BYTES:
+                _png_chunk(fh, b"IDAT", bytes(pending[:_IDAT_BYTES]))
+                del pending[:_IDAT_BYTES]
+        if rows_written != height:
+            raise ValueError(f"PNG of {height} rows given {rows_written}")
+        pending += deflate.flush()
+        for start in range(0, len(pending), _IDAT_BYTES):
+            _png_chunk(fh, b"IDAT", bytes(pending[start : start + _IDAT_BYTES]))
+        _png_chunk(fh, b"IEND", b"")
     return path
