@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from wsiseg.bench.wholeslide import TreeRSS, parse_size, size_key
@@ -140,6 +141,27 @@ def test_tree_rss_samples_a_child_process() -> None:
     t0, t1 = rss.timeline[0][0], time.time()
     assert rss.peak_between(t0, t1)[0] == rss.peak
     assert rss.peak_between(t1 + 10, t1 + 20) == (0, 0)
+
+
+def test_tree_rss_leaves_out_a_fork_before_exec() -> None:
+    """A forked child that has not exec'd shares its parent's pages: counting its RSS
+    too would double the parent's (a spurious peak whenever a helper program starts)."""
+    code = (
+        "import os, time\n"
+        "b = bytearray(300 * 2**20)\n"
+        "pid = os.fork()\n"
+        "time.sleep(1.5)\n"
+        "if pid == 0: os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    with TreeRSS(child.pid, interval=0.05) as rss:
+        time.sleep(0.8)
+        procs = psutil.Process(child.pid).children()
+        child.wait()
+    assert len(procs) == 1  # the fork was there while sampled
+    assert rss.peak >= 300 * 2**20
+    assert rss.peak < 2 * 300 * 2**20  # not counted twice
 
 
 def test_parse_size() -> None:

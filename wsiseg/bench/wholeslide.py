@@ -48,7 +48,12 @@ class TreeRSS:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> tuple[int, int]:
-        """(sum over the tree, root alone) now, in bytes; (0, 0) once the root is gone."""
+        """(sum over the tree, root alone) now, in bytes; (0, 0) once the root is gone.
+
+        A child that has the command line of its parent is a fork that has not yet
+        called exec (e.g. on its way to running a helper program): it shares its
+        parent's pages, counted already, and is left out (worker processes are
+        spawned: they run a command line of their own)."""
         try:
             root = psutil.Process(self.pid)
             procs = [root, *root.children(recursive=True)]
@@ -57,8 +62,10 @@ class TreeRSS:
         total = root_rss = 0
         for p in procs:
             try:
+                if p.pid != self.pid and p.cmdline() == p.parent().cmdline():
+                    continue
                 rss = p.memory_info().rss
-            except psutil.Error:  # ended between listing and reading
+            except (psutil.Error, AttributeError):  # ended while being read
                 continue
             total += rss
             if p.pid == self.pid:
