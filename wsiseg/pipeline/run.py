@@ -381,8 +381,10 @@ def segment_slide(
                 identity,
                 roi,
             )
-        finally:
-            shutil.rmtree(scratch.folder, ignore_errors=True)
+        except BaseException:
+            _remove_scratch(scratch.folder, after_error=True)
+            raise
+        _remove_scratch(scratch.folder)
         summary = replace(
             summary,
             wall_seconds=round(time.perf_counter() - t_start, 3),
@@ -400,6 +402,16 @@ def segment_slide(
     except (WsisegError, OSError, ValueError) as exc:
         log.debug("%s failed", slide, exc_info=True)  # the caller reports it
         return SlideOutcome(str(slide), "failed", None, _first_line(str(exc), slide))
+
+
+def _remove_scratch(folder: Path, *, after_error: bool = False) -> None:
+    """Remove a slide's scratch. After an error or an interrupt, zarr's I/O thread may
+    still be writing the store's metadata (the interrupted call no longer waits for
+    it) and re-create the folder: it is removed again once such a write has landed."""
+    shutil.rmtree(folder, ignore_errors=True)
+    if after_error:
+        time.sleep(0.25)  # a late metadata write lands within milliseconds
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
