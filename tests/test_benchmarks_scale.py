@@ -143,13 +143,17 @@ def test_tree_rss_samples_a_child_process() -> None:
     assert rss.peak_between(t1 + 10, t1 + 20) == (0, 0)
 
 
-def test_tree_rss_leaves_out_a_fork_before_exec() -> None:
-    """A forked child that has not exec'd shares its parent's pages: counting its RSS
-    too would double the parent's (a spurious peak whenever a helper program starts)."""
+@pytest.mark.parametrize("writes", [False, True])
+def test_tree_rss_counts_a_fork_by_its_own_pages(writes: bool) -> None:
+    """A forked child that has not exec'd shares its parent's pages: its RSS would
+    count them twice (a spurious peak whenever a helper program starts); what it
+    writes is its own and counts."""
     code = (
         "import os, time\n"
         "b = bytearray(300 * 2**20)\n"
+        "b[::4096] = b'x' * len(b[::4096])\n"  # every page touched, no temporary copy
         "pid = os.fork()\n"
+        f"if pid == 0 and {writes}: b[::4096] = b'y' * len(b[::4096])\n"
         "time.sleep(1.5)\n"
         "if pid == 0: os._exit(0)\n"
         "os.waitpid(pid, 0)\n"
@@ -160,8 +164,10 @@ def test_tree_rss_leaves_out_a_fork_before_exec() -> None:
         procs = psutil.Process(child.pid).children()
         child.wait()
     assert len(procs) == 1  # the fork was there while sampled
-    assert rss.peak >= 300 * 2**20
-    assert rss.peak < 2 * 300 * 2**20  # not counted twice
+    if writes:
+        assert rss.peak >= 2 * 290 * 2**20  # its written copy counts
+    else:
+        assert 300 * 2**20 <= rss.peak < 2 * 290 * 2**20  # not counted twice
 
 
 def test_parse_size() -> None:

@@ -50,10 +50,9 @@ class TreeRSS:
     def sample(self) -> tuple[int, int]:
         """(sum over the tree, root alone) now, in bytes; (0, 0) once the root is gone.
 
-        A child that has the command line of its parent is a fork that has not yet
-        called exec (e.g. on its way to running a helper program): it shares its
-        parent's pages, counted already, and is left out (worker processes are
-        spawned: they run a command line of their own)."""
+        A child with its parent's command line is a fork that has not called exec
+        (on its way to a helper program, or a forked data-loader worker): it shares
+        its parent's pages, counted already, so only its own pages (USS) count."""
         try:
             root = psutil.Process(self.pid)
             procs = [root, *root.children(recursive=True)]
@@ -63,8 +62,9 @@ class TreeRSS:
         for p in procs:
             try:
                 if p.pid != self.pid and p.cmdline() == p.parent().cmdline():
-                    continue
-                rss = p.memory_info().rss
+                    rss = p.memory_full_info().uss
+                else:
+                    rss = p.memory_info().rss
             except (psutil.Error, AttributeError):  # ended while being read
                 continue
             total += rss
