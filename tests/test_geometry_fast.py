@@ -125,3 +125,19 @@ def test_empty_and_full_masks() -> None:
     full = mask_to_polygons(np.ones((3, 4), bool))
     assert len(full.geoms) == 1 and full.area == 12
     assert len(full.geoms[0].exterior.coords) == 5
+
+
+def test_count_values_equals_bincount_across_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting in pieces gives np.bincount's counts (values >= n dropped), for pieces
+    that split the input unevenly and for a non-contiguous view."""
+    import wsiseg.geometry as geometry
+
+    monkeypatch.setattr(geometry, "_COUNT_PIECE", 7)
+    rng = np.random.default_rng(3)
+    for dtype in (np.uint8, np.int32):
+        values = rng.integers(0, 12, (23, 19)).astype(dtype)
+        for view in (values, values[:, ::2], values[::3]):
+            got = geometry.count_values(view, 10)
+            want = np.bincount(view.ravel(), minlength=12)[:10]
+            assert got.dtype == np.int64 and np.array_equal(got, want)
+    assert np.array_equal(geometry.count_values(np.zeros((0, 4), np.uint8), 3), [0, 0, 0])

@@ -39,6 +39,7 @@ from shapely.geometry.base import BaseGeometry
 
 __all__ = [
     "as_multipolygon",
+    "count_values",
     "mask_to_polygon_array",
     "mask_to_polygons",
     "polygons_to_mask",
@@ -77,6 +78,7 @@ def _direction_tables() -> tuple[np.ndarray, np.ndarray]:
 
 _OUT1, _OUT2 = _direction_tables()
 _STRIP_ROWS = 256
+_COUNT_PIECE = 1 << 20  # values per np.bincount call (it widens its input to intp)
 
 
 def _corners(pad: np.ndarray, junctions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -344,6 +346,17 @@ def scale_geometry(
 ) -> BaseGeometry:
     """``geom * scale + offset`` (x, y)."""
     return shapely.transform(geom, lambda xy: xy * scale + np.asarray(offset, dtype=float))
+
+
+def count_values(values: np.ndarray, n: int) -> np.ndarray:
+    """How many times each of ``0 .. n-1`` occurs in ``values`` (non-negative integers;
+    larger ones are not counted), int64 of length ``n``. ``np.bincount`` in pieces, so
+    its intp copy of the input stays small for a raster of any size or dtype."""
+    flat = values.reshape(-1)
+    out = np.zeros(n, np.int64)
+    for i in range(0, flat.size, _COUNT_PIECE):
+        out += np.bincount(flat[i : i + _COUNT_PIECE], minlength=n)[:n]
+    return out
 
 
 def polygons_to_mask(

@@ -15,7 +15,7 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon
 from skimage import filters, morphology
 
-from wsiseg.geometry import mask_to_polygons
+from wsiseg.geometry import count_values, mask_to_polygons
 from wsiseg.io.reader import SlideReader
 
 __all__ = [
@@ -155,14 +155,12 @@ def tissue_mask_from_rgb(
 def remove_small_components(mask: np.ndarray, max_size: int, band_rows: int = 256) -> None:
     """Clear, in place, the 4-connected components of ``mask`` of at most ``max_size``
     pixels: skimage's ``remove_small_objects(mask, max_size=max_size)``, whose int64
-    copy of the labels (for ``np.bincount``) is avoided by counting and clearing band by
-    band, so an int32 label image is the only thumbnail-sized temporary."""
+    copy of the labels (for ``np.bincount``) is avoided by counting in pieces and
+    clearing band by band, so an int32 label image is the only thumbnail-sized
+    temporary."""
     labels = np.empty(mask.shape, np.int32)
     n = int(ndimage.label(mask, output=labels))
-    sizes = np.zeros(n + 1, np.int64)
-    for r0 in range(0, mask.shape[0], band_rows):
-        sizes += np.bincount(labels[r0 : r0 + band_rows].ravel(), minlength=n + 1)
-    small = sizes <= max_size
+    small = count_values(labels, n + 1) <= max_size
     small[0] = False
     for r0 in range(0, mask.shape[0], band_rows):
         mask[r0 : r0 + band_rows][small[labels[r0 : r0 + band_rows]]] = False

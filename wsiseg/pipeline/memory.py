@@ -39,10 +39,6 @@ def _glibc_function(name: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-
         return None
 
 
-def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    return _glibc_function("malloc_trim")
-
-
 def fixed_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Map blocks of ``nbytes`` or more on their own, in this process (glibc
     ``mallopt``) and in the processes it starts (``MALLOC_MMAP_THRESHOLD_``), unless
@@ -61,7 +57,7 @@ def fixed_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
 def release_freed_memory() -> bool:
     """Return the heap's free pages to the system (glibc ``malloc_trim(0)``); True if
     anything was released, False when nothing was or the C library cannot."""
-    trim = _malloc_trim()
+    trim = _glibc_function("malloc_trim")
     if trim is None:
         return False
     released = bool(trim(0))

@@ -36,7 +36,7 @@ from wsiseg.export.geojson import iter_features, write_geojson
 from wsiseg.export.ome_tiff import write_label_ome_tiff
 from wsiseg.export.overlay import write_overlay_png, write_png
 from wsiseg.fileops import atomic_path, remove_stale_temporaries
-from wsiseg.geometry import polygons_to_mask
+from wsiseg.geometry import count_values, polygons_to_mask
 from wsiseg.io import open_slide
 from wsiseg.io.names import (
     folder_claim,
@@ -550,7 +550,6 @@ WRITE_BAND_PIXELS = 1 << 24
 #: Long side of ``overlay.png`` and ``thumbnail.png`` at most (larger thumbnails are
 #: subsampled by a whole step): the report's images stay bounded on any slide.
 PREVIEW_MAX_PX = 4096
-_BINCOUNT_PIXELS = 1 << 20  # np.bincount widens uint8 to intp: count in pieces
 
 
 def _band_rows(width: int, chunk_rows: int, band_pixels: int) -> int:
@@ -558,15 +557,6 @@ def _band_rows(width: int, chunk_rows: int, band_pixels: int) -> int:
     or fewer rows than a chunk when even one chunk row does not fit."""
     rows = max(1, band_pixels // max(1, width))
     return rows - rows % chunk_rows if rows >= chunk_rows else rows
-
-
-def _bincount(values: np.ndarray, num_classes: int) -> np.ndarray:
-    """Pixels per class id below ``num_classes`` (int64), in bounded memory."""
-    flat = values.ravel()
-    out = np.zeros(num_classes, np.int64)
-    for i in range(0, flat.size, _BINCOUNT_PIXELS):
-        out += np.bincount(flat[i : i + _BINCOUNT_PIXELS], minlength=num_classes)[:num_classes]
-    return out
 
 
 def _band_counts(
@@ -585,7 +575,7 @@ def _band_counts(
 
     def count(rows: slice, cols: slice) -> np.ndarray:
         part = band[rows, cols]
-        return _bincount(part if inside is None else part[inside[rows, cols]], num_classes)
+        return count_values(part if inside is None else part[inside[rows, cols]], num_classes)
 
     out[0] = count(slice(None), slice(None))
     out[1] = count(slice(0, max(0, min(row1, h - 1) - row0)), slice(w - 1, w))
