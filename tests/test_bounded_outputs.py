@@ -308,3 +308,23 @@ def test_preview_images_are_bounded_and_the_rest_unchanged(
     ).read_bytes()
     sa, sb = (json.loads((f / "summary.json").read_text()) for f in (full, small))
     assert sa["classes"] == sb["classes"]
+
+
+def test_write_png_holds_one_band_not_the_image(tmp_path: Path) -> None:
+    """thumbnail.png's writer encodes band by band: its Python-side temporaries stay far
+    below one copy of the image (a whole-image filter buffer and its bytes were two)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (2048, 2048, 3), np.uint8)  # 12 MiB
+    tracemalloc.start()
+    try:
+        overlay.write_png(tmp_path / "big.png", rgb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < rgb.nbytes / 3, (
+        f"peak {peak / 2**20:.1f} MiB for a {rgb.nbytes / 2**20:.0f} MiB image"
+    )
+    with Image.open(tmp_path / "big.png") as img:
+        np.testing.assert_array_equal(np.asarray(img), rgb)

@@ -284,7 +284,9 @@ def write_png(path: str | Path, rgb: np.ndarray, *, overwrite: bool = False) -> 
         ``path`` exists and ``overwrite`` is False.
     """
     img = _as_rgb(rgb)
-    return _save_png(path, img.shape[:2], [img], overwrite)
+    step = max(1, _BAND_PIXELS // max(1, img.shape[1]))  # encoded a band at a time
+    bands = (img[r0 : r0 + step] for r0 in range(0, img.shape[0], step))
+    return _save_png(path, img.shape[:2], bands, overwrite)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -732,6 +732,7 @@ def _write_outputs(
 
     write_geojson(out_dir / "annotations.geojson", counted(features), overwrite=True)
     release_freed_memory()  # the traced rings
+    write_png(out_dir / "thumbnail.png", preview, overwrite=True)
     # Overlay: labels and density brought to the preview's grid.
     th, tw = preview.shape[:2]
     dens_small = None
@@ -749,7 +750,6 @@ def _write_outputs(
         legend=names,
         overwrite=True,
     )
-    write_png(out_dir / "thumbnail.png", preview, overwrite=True)
     counts = scan.counts
     px_mm2 = (out_mpp / 1000.0) ** 2
     classes, tissue_px = class_areas(
