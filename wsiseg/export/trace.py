@@ -35,7 +35,7 @@ from scipy import ndimage
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components, depth_first_order
 
-from wsiseg.geometry import _DOWN, _LEFT, _OUT1, _OUT2, _RIGHT, _UP, _corners
+from wsiseg.geometry import _DOWN, _LEFT, _OUT1, _OUT2, _RIGHT, _UP, _corners, count_values
 
 __all__ = ["BAND_PIXELS", "TracedCoverage", "trace_bands"]
 
@@ -343,14 +343,14 @@ def trace_bands(
             if lo < 0 or hi >= n_classes:
                 raise ValueError(f"label values {lo}..{hi} but {n_classes} classes")
         gid = np.zeros((rows, w), id_type)
-        present = np.flatnonzero(np.bincount(band.ravel(), minlength=n_classes) if rows else [])
+        present = np.flatnonzero(count_values(band, n_classes))
         for k in present:
             if k == 0:
                 continue
             mask = band == k
             lab, n = ndimage.label(mask)
             first = _first_pixels(lab, n) + a * w
-            count = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+            count = count_values(lab, n + 1)[1:]
             base = uf.add(first, count)
             gid[mask] = lab[mask] + (base - 1)
             del lab, mask
@@ -364,9 +364,7 @@ def trace_bands(
         # Window: the row above the band, the band, and past the raster a zero row.
         window = np.concatenate([prev_lab[None], band, np.zeros((b - a - rows, w), band.dtype)])
         junc = _junction_rows(window) if junctions else None
-        in_window = np.flatnonzero(
-            np.bincount(window.ravel().astype(np.int64), minlength=n_classes)
-        )
+        in_window = np.flatnonzero(count_values(window, n_classes))
         for k in in_window[in_window > 0]:
             pad = np.zeros((window.shape[0], w + 2), bool)
             pad[:, 1:-1] = window == k
