@@ -31,11 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default="1", help="fraction of the region's pixels, e.g. 1/4")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=None, help="regions per step (default: the plan's)")
-    p.add_argument("--out", type=Path, default=br.REPO / "docs" / "results" / "real" / "extra")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="result file (default: docs/results/real/extra; with --quick: WORK/quick/extra)",
+    )
     p.add_argument("--work", type=Path, default=Path("runs/real"))
     p.add_argument("--shared", type=Path, default=None, help="shared data folder")
     p.add_argument("--quick", action="store_true", help="benchmark_real's --quick sizes")
     a = p.parse_args(argv)
+    committed = br.REPO / "docs" / "results" / "real" / "extra"
+    if a.out is None:
+        a.out = a.work / "quick" / "extra" if a.quick else committed
+    elif a.quick and a.out.resolve() == committed.resolve():
+        p.error("--quick would write beside the committed results: give another --out")
     try:
         budget = float(Fraction(a.budget))
     except (ValueError, ZeroDivisionError):

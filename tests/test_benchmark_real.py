@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "pipelines" / "benchmark_real.py"
 
 
-def _bench(out: Path, work: Path, shared: Path, *extra: str) -> str:
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--work", str(work)]
+def _bench(out: Path | None, work: Path, shared: Path, *extra: str) -> str:
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--work", str(work)]
+    cmd += [] if out is None else ["--out", str(out)]
     cmd += ["--shared", str(shared), "--threads", "1", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -35,8 +36,9 @@ def labeled(shared_data: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_quick_real_benchmark_results_resume_report(tmp_path: Path, labeled: Path) -> None:
-    out, work = tmp_path / "results", tmp_path / "work"
-    first = _bench(out, work, labeled)
+    work = tmp_path / "work"
+    out = work / "quick"  # --quick's default: never the committed docs/results/real
+    first = _bench(None, work, labeled)
     lines = first.splitlines()
     expected = next(i for i, line in enumerate(lines) if line.startswith("expected wall time"))
     assert expected < next(i for i, line in enumerate(lines) if line.startswith("[1/"))
@@ -62,10 +64,11 @@ def test_quick_real_benchmark_results_resume_report(tmp_path: Path, labeled: Pat
 
     doc = json.loads((out / "real.json").read_text())
     assert doc["missing_runs"] == [] and set(doc["datasets"]) == {"glas", "monuseg"}
+    assert doc["quick"] is True
     mon = doc["datasets"]["monuseg"]
     assert mon["nucleus_size"]["diameter_um_median"] > 1.0 and mon["objects"]
     md = (out / "real.md").read_text()
-    assert "## glas" in md and "## monuseg" in md
+    assert "## glas" in md and "## monuseg" in md and "**Quick smoke run**" in md
     for name in ("glas", "monuseg"):
         top = doc["datasets"][name]["full_resolution_is_top"]
         assert isinstance(top, bool)
@@ -122,3 +125,20 @@ def test_extra_run_outside_the_plan(tmp_path: Path, labeled: Path) -> None:
     assert "3 regions per step" in batched.stdout and "already finished" not in batched.stdout
     assert len(list(out.glob("*.json"))) == 2
     assert {json.loads(p.read_text())["train"]["batch_size"] for p in out.glob("*.json")} == {2, 3}
+
+
+@pytest.mark.parametrize("script", ["benchmark_real.py", "benchmark_real_extra.py"])
+def test_quick_refuses_the_committed_results_folder(script: str, tmp_path: Path) -> None:
+    """--quick into docs/results/real would replace the committed report by a smoke
+    run's: refused before anything is read or written."""
+    committed = REPO / "docs" / "results" / "real"
+    out = committed / "extra" if script.endswith("extra.py") else committed
+    before = sorted(p.name for p in out.glob("*")) if out.is_dir() else []
+    cmd = [sys.executable, str(REPO / "pipelines" / script), "--quick", "--out", str(out)]
+    cmd += ["--work", str(tmp_path / "work"), "--shared", str(tmp_path)]
+    if script.endswith("extra.py"):
+        cmd += ["--dataset", "glas", "--sampler", "uniform", "--budget", "1/4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--quick would" in proc.stderr
+    assert (sorted(p.name for p in out.glob("*")) if out.is_dir() else []) == before
+    assert not (tmp_path / "work").exists()

@@ -72,3 +72,21 @@ def test_summary_reports_spread_over_seeds() -> None:
     lp = summarise_budget(runs, n_boot=50)["d"]["curves"]["learned"]["1/16"]
     assert lp["miou_sd"] > 0.1
     assert set(lp["miou_per_seed"]) == {"0", "1"}
+
+
+def test_difference_over_common_seeds_says_so() -> None:
+    """Learned with 2 seeds against uniform with 3: the difference is paired on the two
+    common seeds and the table says so; with equal seed sets it says nothing."""
+    runs = [_run("learned", 1 / 64, s, [(90, 10), (80, 20)]) for s in (0, 2)]
+    runs += [_run("uniform", 1 / 64, s, [(80, 20), (70, 30)]) for s in (0, 1, 2)]
+    runs += [_run("learned", 1 / 16, s, [(95, 5), (90, 10)]) for s in (0, 1)]
+    runs += [_run("uniform", 1 / 16, s, [(94, 6), (90, 10)]) for s in (0, 1)]
+    res = summarise_budget(runs, n_boot=50)["d"]
+    assert res["learned_vs_uniform"]["1/64"]["n_seeds"] == 2
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in format_budget_markdown({"d": res}).splitlines()
+        if line.startswith("| 1/")
+    }
+    assert "(2 common seeds)" in rows["1/64"]
+    assert "common seeds" not in rows["1/16"]

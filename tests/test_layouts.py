@@ -143,6 +143,42 @@ def test_monuseg_csv_errors_are_clear(monuseg: Path) -> None:
         discover_sources(monuseg)
 
 
+def test_monuseg_layout_problems_are_said_once(
+    monuseg: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listed image that is not on disk, a file without a CSV row, a pixel size that
+    is not a number, an implausible --data-mpp and a CSV without the pixel-size column:
+    each is said (once per process, though a command reads the layout twice) and named."""
+    import logging
+
+    import wsiseg.train.layouts as layouts
+
+    layouts._warned.clear()
+    gone = "TCGA-AA-0002-01Z-00-DX1"
+    (monuseg / "images" / f"{gone}.png").unlink()
+    _write_pair(monuseg, "TCGA-DD-0005-01A-01-TS1", 7)  # on disk, not in split.csv
+    with caplog.at_level(logging.WARNING, logger="wsiseg.train.layouts"):
+        for _ in range(2):
+            names = {s.name for s in discover_sources(monuseg)}
+    assert gone not in names and len(names) == 3
+    said = [r.getMessage() for r in caplog.records]
+    assert sum(gone in m and "left out" in m for m in said) == 1
+    assert sum("TCGA-DD-0005" in m and "not in split.csv" in m for m in said) == 1
+    with pytest.raises(InputError, match="--data-mpp: pixel size 100"):
+        discover_sources(monuseg, data_mpp=100)
+    text = (monuseg / "split.csv").read_text().replace(",0.2468", ",0.2468um")
+    (monuseg / "split.csv").write_text(text)
+    with pytest.raises(InputError, match="'0.2468um' is not a number"):
+        discover_sources(monuseg)
+    with open(monuseg / "split.csv", "w", newline="") as fh:  # no pixel-size column
+        fh.write("name,split\nTCGA-AA-0001-01Z-00-DX1,train\nTCGA-CC-0004-01A-01-TS1,test\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wsiseg.train.layouts"):
+        mpps = {s.mpp for s in discover_sources(monuseg)}
+    assert mpps == {MONUSEG_MPP}
+    assert any("2 of 2 images without a pixel size" in r.getMessage() for r in caplog.records)
+
+
 def test_split_and_target_need_a_known_layout(small_synthetic) -> None:
     with pytest.raises(InputError, match="--split needs a layout"):
         discover_sources(small_synthetic.image.parent, split="train")
@@ -170,7 +206,7 @@ def test_cli_train_val_split_and_evaluate_on_glas_layout(glas, tmp_path: Path, c
     out = tmp_path / "run"
     main(["train", "--config", "tiny", "--data", str(root), "-o", str(out), "--steps", "2"])
     said = capsys.readouterr().out
-    assert "validation:" in said and "patients) held out" in said
+    assert "validation:" in said and "(1 patient) held out" in said
     meta = json.loads((out / "best.json").read_text())["config"]
     assert [c["name"] for c in meta["model"]["classes"]] == ["Not gland", "Gland"]
     data = meta["data"]

@@ -430,7 +430,8 @@ def train(
         summary.update(val_fraction=val_fraction, val_seed=val_seed, val_patients=patients)
         click.echo(
             f"validation: {len(val_src)} of {len(train_src) + len(val_src)} training images "
-            f"({len(patients)} patients) held out (--val-fraction {val_fraction}, "
+            f"({len(patients)} patient{'s' if len(patients) != 1 else ''}) held out "
+            f"(--val-fraction {val_fraction}, "
             f"--val-seed {val_seed})"
         )
     bar = tqdm(

@@ -213,6 +213,8 @@ def format_budget_markdown(summary: Mapping[str, Any]) -> str:
             if "diff" in cmp_:
                 lo, hi = cmp_["ci95"]
                 diff = f"{cmp_['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                if cmp_["n_seeds"] < max(lp["n_seeds"], up["n_seeds"]):
+                    diff += f" ({cmp_['n_seeds']} common seeds)"
             match = cmp_.get("uniform_budget_for_same_miou")
             if match is None:
                 match_s = "not reached" if lp else "-"
@@ -227,7 +229,8 @@ def format_budget_markdown(summary: Mapping[str, Any]) -> str:
     name = _LABELS[m_]
     lines.append(
         f"{name}: pooled confusion matrix over the test images at full label resolution, "
-        "mean ± sd over training seeds (n seeds in brackets); differences: seed-averaged, "
+        "mean ± sd over training seeds (n seeds in brackets); differences: paired by seed "
+        "(over the seeds both samplers have) and seed-averaged, "
         "95% bootstrap interval over test images. The last column reads the uniform curve "
         f"(interpolated in log budget) at the learned {name}; a ratio above 1 means uniform "
         "needs that many times more samples."

@@ -31,6 +31,10 @@ def plot_budget(
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
     styles = {"learned": ("tab:red", "o"), "uniform": ("tab:blue", "s")}
     ticks: set[float] = set()
+    most = max(
+        (p["n_seeds"] for sampler in styles for p in res["curves"].get(sampler, {}).values()),
+        default=0,
+    )
     for sampler, (colour, marker) in styles.items():
         pts = sorted(res["curves"].get(sampler, {}).values(), key=lambda p: p["budget"])
         if not pts:
@@ -46,18 +50,18 @@ def plot_budget(
             capsize=3,
             label=f"{sampler} sampling",
         )
-        most = max(p["n_seeds"] for p in pts)
         for p in pts:
             seeds = list(p[f"{m}_per_seed"].values())
             ax.scatter([p["budget"]] * len(seeds), seeds, color=colour, s=8, alpha=0.5)
-            if p["n_seeds"] < most and sampler == "learned":  # fewer seeds: say so
+            if p["n_seeds"] < most:  # fewer seeds than elsewhere: say so, in the line's colour
                 ax.annotate(
-                    f"{p['n_seeds']} seed" + ("s" if p["n_seeds"] > 1 else ""),
+                    f"{sampler}: {p['n_seeds']} seed" + ("s" if p["n_seeds"] > 1 else ""),
                     (p["budget"], p[f"{m}_mean"]),
                     textcoords="offset points",
-                    xytext=(-8, -16),
+                    xytext=(-8, -16 if sampler == "learned" else 10),
                     ha="right",
                     fontsize=7,
+                    color=colour,
                 )
     tiled = res["curves"].get("tiled", {}).get("1")
     if tiled:

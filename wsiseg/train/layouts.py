@@ -43,6 +43,25 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    """A layout problem, logged once per process (a command may read a layout twice)."""
+    if msg not in _warned:
+        _warned.add(msg)
+        log.warning("%s", msg)
+
+
+def _listed_but_absent(csv_path: Path, listed: Sequence[str], found: set[str]) -> None:
+    absent = sorted(set(listed) - found)
+    if absent:
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        _warn_once(
+            f"{csv_path}: {len(absent)} listed image(s) without an image/mask pair, left out: "
+            f"{', '.join(absent[:5])}{more}"
+        )
+
 
 #: ``--split`` values: ``test`` is GlaS test A / the MoNuSeg test images.
 SPLITS = ("train", "test", "testB", "all")
@@ -160,12 +179,16 @@ def _pairs(root: Path) -> list[tuple[str, Path, Path]]:
         if img.suffix.lower() not in _SUFFIXES:
             continue
         if img.stem not in masks:
-            log.warning("%s: no mask of the same name in masks/; skipped", img)
+            _warn_once(f"{img}: no mask of the same name in masks/; skipped")
             continue
         out.append((img.stem, img, masks[img.stem]))
     if not out:
         raise InputError(f"{root}: no image/mask pairs in images/ and masks/")
     return out
+
+
+def _checked_data_mpp(data_mpp: float | None) -> float | None:
+    return None if data_mpp is None else _plausible_mpp(data_mpp, "--data-mpp")
 
 
 def _plausible_mpp(value: float, where: str) -> float:
@@ -176,16 +199,18 @@ def _plausible_mpp(value: float, where: str) -> float:
 
 def _read_glas(root: Path, data_mpp: float | None) -> DataLayout:
     rows = _csv_rows(root / "grade.csv", ("name", "grade_glas"))
-    mpp = _plausible_mpp(data_mpp if data_mpp is not None else GLAS_MPP, str(root))
+    mpp = _checked_data_mpp(data_mpp) or GLAS_MPP
     images = []
-    for name, img, mask in _pairs(root):
+    pairs = _pairs(root)
+    _listed_but_absent(root / "grade.csv", list(rows), {name for name, _, _ in pairs})
+    for name, img, mask in pairs:
         prefix = name.split("_", 1)[0]
         if prefix not in _GLAS_PREFIX:
-            log.warning("%s: name is not train_*, testA_* or testB_*; skipped", img)
+            _warn_once(f"{img}: name is not train_*, testA_* or testB_*; skipped")
             continue
         row = rows.get(name, {})
         if not row:
-            log.warning("%s: not in grade.csv (no grade or patient)", img)
+            _warn_once(f"{img}: not in grade.csv (no grade or patient)")
         patient = (row.get("patient_id") or "").strip()
         grade = (row.get("grade_glas") or "").strip().lower() or None
         images.append(
@@ -206,13 +231,17 @@ _TCGA = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", re.IGNORECASE)
 
 
 def _read_monuseg(root: Path, data_mpp: float | None) -> DataLayout:
-    rows = _csv_rows(root / "split.csv", ("name", "split"))
-    fallback = data_mpp if data_mpp is not None else MONUSEG_MPP
-    images = []
-    for name, img, mask in _pairs(root):
+    csv_path = root / "split.csv"
+    rows = _csv_rows(csv_path, ("name", "split"))
+    given = _checked_data_mpp(data_mpp)
+    fallback = given or MONUSEG_MPP
+    images, blank = [], []
+    pairs = _pairs(root)
+    _listed_but_absent(csv_path, list(rows), {name for name, _, _ in pairs})
+    for name, img, mask in pairs:
         row = rows.get(name)
         if row is None:
-            log.warning("%s: not in split.csv (no split); skipped", img)
+            _warn_once(f"{img}: not in split.csv (no split); skipped")
             continue
         split = row["split"].strip()
         if split not in ("train", "test", "testB"):
@@ -221,10 +250,25 @@ def _read_monuseg(root: Path, data_mpp: float | None) -> DataLayout:
         try:
             mpp = float(text) if text else fallback
         except ValueError as exc:
-            raise InputError(f"{root / 'split.csv'}: {name}: pixel size {text!r}") from exc
+            raise InputError(
+                f"{csv_path}: {name}: pixel size {text!r} is not a number (µm/px)"
+            ) from exc
+        if not text:
+            blank.append(name)
         match = _TCGA.match(name)
+        where = f"{csv_path}: {name}" if text else "--data-mpp"
         patient = match.group(1).upper() if match else name
-        images.append(LayoutImage(name, img, mask, split, patient, _plausible_mpp(mpp, name)))
+        images.append(LayoutImage(name, img, mask, split, patient, _plausible_mpp(mpp, where)))
+    if blank:
+        source = "--data-mpp" if given else "the MoNuSeg default; --data-mpp sets another"
+        msg = (
+            f"{csv_path}: {len(blank)} of {len(images)} images without a pixel size "
+            f"(xml_microns_per_pixel) are read at {fallback} µm/px ({source})"
+        )
+        if "xml_microns_per_pixel" not in next(iter(rows.values()), {}) and given is None:
+            _warn_once(msg)  # no column at all: every image at a guessed pixel size
+        else:
+            log.info("%s", msg)
     return DataLayout("monuseg", root, tuple(images))
 
 
