@@ -218,6 +218,13 @@ def test_cli_train_val_split_and_evaluate_on_glas_layout(glas, tmp_path: Path, c
     main(["evaluate", "--model", str(out / "best.safetensors"), "--data", str(root), "-o", str(ev)])
     result = json.loads((ev / "eval.json").read_text())
     assert result["n_slides"] == 2  # test A only, binary target found from the model's classes
+    assert result["data"] == {
+        "folder": str(root),
+        "layout": "glas",
+        "split": "test",
+        "target": "binary",
+        "mpp": {"testA_1": GLAS_MPP, "testA_2": GLAS_MPP},
+    }
     # every pixel of each test image once, as the real-tissue benchmark scores it
     net = load_model(out / "best.safetensors", device="cpu")
     tests = discover_sources(root, split="test", target="binary")

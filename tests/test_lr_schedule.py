@@ -41,6 +41,8 @@ def test_cosine_warms_up_then_decays_to_its_floor() -> None:
         {"precision": "fp16"},
         {"warmup_steps": -1},
         {"min_lr_fraction": 1.5},
+        {"steps": 0},  # would write an untrained "best" checkpoint
+        {"batch_size": 0},
     ],
 )
 def test_bad_settings_are_refused(kw: dict[str, object]) -> None:

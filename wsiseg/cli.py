@@ -553,6 +553,13 @@ def evaluate(
             per_source[label] = confusion_per_source(net, sources, on_region=tick)
         bar.close()
     result = summarise([s.name for s in sources], names, per_source, unit=unit)
+    result["data"] = {
+        "folder": str(data),
+        "layout": layout.kind if layout is not None else None,
+        "split": split if layout is not None else None,
+        "target": target if layout is not None else None,
+        "mpp": {s.name: s.mpp for s in sources},
+    }
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "eval.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
