@@ -233,8 +233,10 @@ def _whole_overlay(
     out[edge] = cols[lab[edge]].astype(np.uint8)
     if density is not None:
         d = np.asarray(density, np.float32)
-        if d.shape != (h, w):
-            d = np.asarray(Image.fromarray(d).resize((w, h), Image.Resampling.BILINEAR))
+        if d.shape != (h, w):  # nearest neighbour, as the pipeline has always sampled it
+            dy = np.minimum((np.arange(h) * d.shape[0] / h).astype(int), d.shape[0] - 1)
+            dx = np.minimum((np.arange(w) * d.shape[1] / w).astype(int), d.shape[1] - 1)
+            d = d[dy[:, None], dx[None, :]]
         finite = d[np.isfinite(d)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         panel = overlay.viridis((d - lo) / (hi - lo) if hi > lo else np.zeros_like(d))

@@ -471,6 +471,30 @@ def test_png_written_band_by_band_decodes_exactly(tmp_path: Path, shape: tuple[i
     assert not (tmp_path / "short.png").exists()
 
 
+@pytest.mark.parametrize("band_rows", [1, 5, 1000])
+def test_png_read_band_by_band_gives_the_written_pixels(tmp_path: Path, band_rows: int) -> None:
+    """wsiseg's own PNGs decode band by band to the pixels written; a PNG with PIL's
+    adaptive filters (Sub/Average/Paeth rows) or another colour type is refused, so the
+    caller can fall back to PIL."""
+    from wsiseg.export import overlay
+
+    rng = np.random.default_rng(band_rows)
+    rgb = rng.integers(0, 256, (23, 37, 3), np.uint8)
+    rgb[5:15] = rgb[5:15] // 32 * 32
+    path = overlay.write_png(tmp_path / "a.png", rgb)
+    shape, bands = overlay.read_png_bands(path, band_rows)
+    got = list(bands)
+    assert shape == (23, 37) and all(b.shape[0] <= band_rows for b in got)
+    np.testing.assert_array_equal(np.concatenate(got), rgb)
+    smooth = np.tile(np.arange(37, dtype=np.uint8)[None, :, None] * 6, (23, 1, 3))
+    Image.fromarray(smooth).save(tmp_path / "pil.png")  # PIL filters smooth rows by Sub/Paeth
+    with pytest.raises(overlay.PngNotStreamable, match="filter"):
+        list(overlay.read_png_bands(tmp_path / "pil.png", band_rows)[1])
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    with pytest.raises(overlay.PngNotStreamable, match="8-bit RGB"):
+        overlay.read_png_bands(tmp_path / "grey.png", band_rows)
+
+
 def test_qupath_script_is_package_data() -> None:
     script = importlib.resources.files("wsiseg.export") / "qupath_import.groovy"
     text = script.read_text(encoding="utf-8")

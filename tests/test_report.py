@@ -296,6 +296,35 @@ def test_large_thumbnail_is_downscaled(tmp_path: Path) -> None:
         assert im.size == (1600, 200)
 
 
+def test_large_overlay_is_reduced_band_by_band(tmp_path: Path) -> None:
+    """An overlay wider than the page's limit, written by wsiseg, is brought to that width
+    while it is decoded band by band: about what resizing the whole image gives, with
+    temporaries far below the decoded image (PIL held it at 4 bytes a pixel)."""
+    import tracemalloc
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    h, w = 1500, 7000  # 31 MB of RGB
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([(xx // 7) % 256, (yy // 5) % 256, ((xx + yy) // 50) % 256], -1).astype(np.uint8)
+    write_png(folder / "overlay.png", rgb)
+    tracemalloc.start()
+    try:
+        small = report._box_reduced_png(folder / "overlay.png", 3200)  # the decoding part
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert small is not None and small.size == (3200, round(h * 3200 / w))
+    # the box-reduced image (k = 2: a quarter of the pixels) and one band
+    assert peak < rgb.nbytes / 2, f"peak {peak / 2**20:.1f} MiB"
+    emb = report._embed_image(folder / "overlay.png", 3200, photo=False)
+    assert emb.uri is not None and (emb.width, emb.height) == (3200, round(h * 3200 / w))
+    with Image.open(io.BytesIO(base64.b64decode(emb.uri.split(",", 1)[1]))) as im:
+        got = np.asarray(im.convert("RGB"), np.float64)
+    want = np.asarray(Image.fromarray(rgb).resize((3200, emb.height), Image.Resampling.LANCZOS))
+    assert np.abs(got - want).mean() < 4.0
+
+
 def test_odd_inputs_do_not_crash(tmp_path: Path) -> None:
     slides: list[dict[str, Any]] = [
         {"slide": "", "status": "weird", "message": None, "out": None, "summary": None},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -112,18 +113,37 @@ def _blend_rows(
     return out
 
 
-def _density_scaled(density: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, float, float]:
-    """The density resized to ``shape`` and the range of its finite values."""
+@dataclass(frozen=True)
+class _Density:
+    """A density map drawn at another size: output row ``i`` (column ``j``) shows source
+    row ``rows[i]`` (column ``cols[j]``), ``floor(i * source / output)``; ``lo``/``hi``
+    are the range of the finite values shown."""
+
+    d: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    lo: float
+    hi: float
+
+    def band(self, r0: int, r1: int) -> np.ndarray:
+        out: np.ndarray = self.d[self.rows[r0:r1, None], self.cols[None, :]]
+        return out
+
+
+def _density_scaled(density: np.ndarray, shape: tuple[int, int]) -> _Density:
+    """The density's nearest-neighbour index to ``shape`` and the range of its shown
+    finite values (only the sampled rows and columns: the map is never resized whole)."""
     d = np.asarray(density, np.float32)
     if d.ndim != 2:
         raise ValueError(f"density must be 2-D, got shape {d.shape}")
-    if d.shape != shape:
-        d = np.asarray(Image.fromarray(d).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
-    finite = np.isfinite(d)
+    rows = np.minimum(np.arange(shape[0]) * d.shape[0] // max(1, shape[0]), d.shape[0] - 1)
+    cols = np.minimum(np.arange(shape[1]) * d.shape[1] // max(1, shape[1]), d.shape[1] - 1)
+    shown = d[np.unique(rows)][:, np.unique(cols)] if d.size and rows.size and cols.size else d
+    finite = np.isfinite(shown)
     if not finite.any():
-        return d, 0.0, 1.0
-    lo = float(np.min(d, where=finite, initial=np.inf))
-    return d, lo, float(np.max(d, where=finite, initial=-np.inf))
+        return _Density(d, rows, cols, 0.0, 1.0)
+    lo = float(np.min(shown, where=finite, initial=np.inf))
+    return _Density(d, rows, cols, lo, float(np.max(shown, where=finite, initial=-np.inf)))
 
 
 def _density_rows(d: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -194,7 +214,9 @@ def render_overlay(
         Opacity of the class colour inside regions; outlines are opaque.
     density : ndarray, shape (h'', w''), optional
         A float map (e.g. sampling density) shown as a viridis panel right of
-        the overlay, min-max normalised, bilinearly resized to (h, w).
+        the overlay, min-max normalised, brought to (h, w) by nearest neighbour
+        (output row ``i`` shows row ``floor(i * h'' / h)``, columns alike) a band at a
+        time.
     legend : sequence of str, optional
         Class names (index = class id); adds a legend strip below the panels.
 
@@ -265,9 +287,8 @@ def _overlay_bands(
             band = np.empty((r1 - r0, width, 3), np.uint8)
             band[:, :w] = _blend_rows(thumb, labels, colours, alpha, r0, r1)
             if scaled is not None:
-                d, lo, hi = scaled
                 band[:, w : w + _GAP_PX] = 255
-                band[:, w + _GAP_PX :] = _density_rows(d[r0:r1], lo, hi)
+                band[:, w + _GAP_PX :] = _density_rows(scaled.band(r0, r1), scaled.lo, scaled.hi)
             yield band
         if strip is not None:
             yield strip
@@ -335,3 +356,78 @@ def _save_png(
             _png_chunk(fh, b"IDAT", bytes(pending[start : start + _IDAT_BYTES]))
         _png_chunk(fh, b"IEND", b"")
     return path
+
+
+class PngNotStreamable(ValueError):
+    """A PNG that `read_png_bands` does not decode (another bit depth, colour type,
+    interlacing or filter than `_save_png` writes); read it with PIL instead."""
+
+
+def read_png_bands(
+    path: str | Path, band_rows: int
+) -> tuple[tuple[int, int], Iterator[np.ndarray]]:
+    """The (height, width) of an 8-bit RGB PNG and its rows, ``band_rows`` at a time
+    (uint8 ``(rows, width, 3)``), decoded as they are read: the PNGs `_save_png` writes
+    (filters "none" and "up") are never held whole. The file is opened when the
+    first band is asked for.
+
+    Raises
+    ------
+    PngNotStreamable
+        Not such a PNG (raised before the first band for the header; a row with
+        another filter raises it while iterating).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(33)  # signature, IHDR chunk
+    if head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR" or len(head) < 33:
+        raise PngNotStreamable(f"{path}: not a PNG")
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    if (depth, colour, interlace) != (8, 2, 0):
+        raise PngNotStreamable(f"{path}: not 8-bit RGB without interlacing")
+    stride = width * 3 + 1
+
+    def idat(fh: BinaryIO) -> Iterator[bytes]:
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                return
+            length, kind = struct.unpack(">I4s", head)
+            data = fh.read(length)
+            fh.read(4)
+            if kind == b"IDAT":
+                yield data
+
+    def decode(raw: np.ndarray, above: np.ndarray) -> np.ndarray:
+        if not np.isin(raw[:, 0], (0, 2)).all():
+            raise PngNotStreamable(f"{path}: a row filter other than none/up")
+        rows = raw[:, 1:].copy()
+        for i in range(rows.shape[0]):  # "up": add the decoded row above (mod 256)
+            if raw[i, 0] == 2:
+                rows[i] += rows[i - 1] if i else above
+        return rows
+
+    def bands() -> Iterator[np.ndarray]:
+        inflate, pending = zlib.decompressobj(), bytearray()
+        above, done, limit = np.zeros(width * 3, np.uint8), 0, band_rows * stride
+        with open(path, "rb") as fh:
+            fh.seek(33)
+            for data in idat(fh):
+                while done < height:  # inflated a band at most at a time
+                    out = inflate.decompress(data, max(stride, limit - len(pending)))
+                    data = inflate.unconsumed_tail
+                    pending += out
+                    n = min(len(pending) // stride, height - done)
+                    while n >= band_rows or (n and done + n == height):
+                        take = min(n, band_rows)
+                        raw = np.frombuffer(bytes(pending[: take * stride]), np.uint8)
+                        del pending[: take * stride]
+                        rows = decode(raw.reshape(take, stride), above)
+                        above, done, n = rows[-1].copy(), done + take, n - take
+                        yield rows.reshape(take, width, 3)
+                    if not out and not data:
+                        break  # the next chunk
+                if done == height:
+                    return
+        raise PngNotStreamable(f"{path}: truncated after {done} of {height} rows")
+
+    return (int(height), int(width)), bands()

@@ -27,15 +27,18 @@ import io
 import logging
 import math
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from wsiseg import __version__
+from wsiseg.export.overlay import PngNotStreamable, read_png_bands
 from wsiseg.fileops import atomic_path
 from wsiseg.models.checkpoint import DEFAULT_NOTICE
 
@@ -338,6 +341,44 @@ class _Embedded:
     note: str = ""
 
 
+def _encoded(img: Image.Image, photo: bool) -> tuple[bytes, int, int, str]:
+    """``img`` as JPEG (photographic content) or PNG bytes, its size and MIME type."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=88) if photo else img.save(buf, format="PNG")
+    return buf.getvalue(), img.width, img.height, "image/jpeg" if photo else "image/png"
+
+
+def _box_reduced_png(path: Path, max_width: int) -> Image.Image | None:
+    """A PNG wider than ``max_width`` brought to that width while it is decoded band by
+    band (k x k box means, k = width // max_width, then Lanczos on the small image), so
+    a large overlay is never held whole; None when the file is not such a PNG (the
+    caller reads it with PIL)."""
+    try:
+        (h, w), bands = read_png_bands(path, band_rows=16)
+        if w <= max_width or h == 0:
+            return None
+        k = w // max_width
+        wk = w // k * k
+        out = np.empty((-(-h // k), wk // k, 3), np.uint8)
+        row, seen, carry = 0, 0, np.zeros((0, w, 3), np.uint8)
+        for band in bands:
+            seen += band.shape[0]
+            buf = np.concatenate([carry, band]) if carry.size else band
+            # whole boxes of k rows; after the last row, a shorter box of what is left
+            n = buf.shape[0] if seen == h else buf.shape[0] // k * k
+            for r0 in range(0, n, k):
+                part = buf[r0 : min(n, r0 + k), :wk]
+                sums = part.reshape(part.shape[0], wk // k, k, 3).sum(axis=(0, 2), dtype=np.uint32)
+                cells = part.shape[0] * k
+                out[row] = (sums + cells // 2) // cells
+                row += 1
+            carry = buf[n:]
+    except (OSError, PngNotStreamable, zlib.error):
+        return None
+    size = (max_width, max(1, round(h * max_width / w)))
+    return Image.fromarray(out[:row]).resize(size, Image.Resampling.LANCZOS)
+
+
 def _embed_image(path: Path, max_width: int, *, photo: bool) -> _Embedded:
     """Read ``path`` as a base64 data URI, downscaled to ``max_width`` when wider.
 
@@ -358,6 +399,12 @@ def _embed_image(path: Path, max_width: int, *, photo: bool) -> _Embedded:
     """
     if not path.is_file():
         return _Embedded(None, note=f"{path.name} not found in {path.parent}")
+    reduced = _box_reduced_png(path, max_width)
+    if reduced is not None:
+        data, width, height, mime = _encoded(reduced, photo)
+        return _Embedded(
+            f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", width, height
+        )
     try:
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as probe:
@@ -371,15 +418,9 @@ def _embed_image(path: Path, max_width: int, *, photo: bool) -> _Embedded:
                 scale = min(1.0, max_width / width)
                 size = (max(1, round(width * scale)), max(1, round(height * scale)))
                 rgb = img if img.mode == "RGB" else img.convert("RGB")  # no second copy
-                small = rgb.resize(size, Image.Resampling.LANCZOS)
-                buf = io.BytesIO()
-                if photo:
-                    small.save(buf, format="JPEG", quality=88)
-                    mime = "image/jpeg"
-                else:
-                    small.save(buf, format="PNG")
-                    mime = "image/png"
-                data, (width, height) = buf.getvalue(), size
+                data, width, height, mime = _encoded(
+                    rgb.resize(size, Image.Resampling.LANCZOS), photo
+                )
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("report: cannot embed %s: %s", path, exc)
         return _Embedded(None, note=f"{path.name} could not be read ({type(exc).__name__})")

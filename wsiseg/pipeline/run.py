@@ -733,20 +733,13 @@ def _write_outputs(
     write_geojson(out_dir / "annotations.geojson", counted(features), overwrite=True)
     release_freed_memory()  # the traced rings
     write_png(out_dir / "thumbnail.png", preview, overwrite=True)
-    # Overlay: labels and density brought to the preview's grid.
-    th, tw = preview.shape[:2]
-    dens_small = None
-    if result.density is not None:
-        d = result.density
-        dy = np.minimum((np.arange(th) * d.shape[0] / th).astype(int), d.shape[0] - 1)
-        dx = np.minimum((np.arange(tw) * d.shape[1] / tw).astype(int), d.shape[1] - 1)
-        dens_small = d[dy[:, None], dx[None, :]]
+    # Overlay: the labels are on the preview's grid; the density is sampled band by band.
     write_overlay_png(
         out_dir / "overlay.png",
         preview,
         scan.small,
         colours,
-        density=dens_small,
+        density=result.density,
         legend=names,
         overwrite=True,
     )
