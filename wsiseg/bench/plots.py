@@ -54,11 +54,19 @@ def plot_budget(
             seeds = list(p[f"{m}_per_seed"].values())
             ax.scatter([p["budget"]] * len(seeds), seeds, color=colour, s=8, alpha=0.5)
             if p["n_seeds"] < most:  # fewer seeds than elsewhere: say so, in the line's colour
+                other = [
+                    q[f"{m}_mean"]
+                    for name, curve in res["curves"].items()
+                    if name in styles and name != sampler
+                    for q in curve.values()
+                    if q["budget"] == p["budget"]
+                ]
+                above = not other or p[f"{m}_mean"] >= other[0]  # away from the other line
                 ax.annotate(
                     f"{sampler}: {p['n_seeds']} seed" + ("s" if p["n_seeds"] > 1 else ""),
                     (p["budget"], p[f"{m}_mean"]),
                     textcoords="offset points",
-                    xytext=(-8, -16 if sampler == "learned" else 10),
+                    xytext=(-8, 6 if above else -14),
                     ha="right",
                     fontsize=7,
                     color=colour,
@@ -69,6 +77,7 @@ def plot_budget(
         ax.axhline(mean, color="0.3", ls="--", label=full_label)
         if sd > 0:
             ax.axhspan(mean - sd, mean + sd, color="0.5", alpha=0.15, lw=0)
+    ax.margins(y=0.12)  # room for the seed labels
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(ticks), [budget_label(t) for t in sorted(ticks)])
     ax.set_xlabel("samples per region pixel (budget)")
