@@ -90,3 +90,9 @@ def test_difference_over_common_seeds_says_so() -> None:
     }
     assert "(2 common seeds)" in rows["1/64"]
     assert "common seeds" not in rows["1/16"]
+    # each common seed's own difference and interval, recorded and printed
+    per = res["learned_vs_uniform"]["1/64"]["per_seed"]
+    assert set(per) == {"0", "2"}
+    for v in per.values():
+        assert v["ci95"][0] <= v["diff"] <= v["ci95"][1] and v["diff"] > 0
+    assert "Learned - uniform per seed: 1/16: seed 0 " in format_budget_markdown({"d": res})

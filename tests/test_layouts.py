@@ -219,7 +219,7 @@ def test_cli_train_val_split_and_evaluate_on_glas_layout(glas, tmp_path: Path, c
     result = json.loads((ev / "eval.json").read_text())
     assert result["n_slides"] == 2  # test A only, binary target found from the model's classes
     assert result["data"] == {
-        "folder": str(root),
+        "folder": str(root.resolve()),
         "layout": "glas",
         "split": "test",
         "target": "binary",

@@ -554,7 +554,7 @@ def evaluate(
         bar.close()
     result = summarise([s.name for s in sources], names, per_source, unit=unit)
     result["data"] = {
-        "folder": str(data),
+        "folder": str(Path(data).resolve()),
         "layout": layout.kind if layout is not None else None,
         "split": split if layout is not None else None,
         "target": target if layout is not None else None,

@@ -107,7 +107,9 @@ def _paired_difference(
     seed: int,
     metric: str = "miou",
 ) -> dict[str, Any]:
-    """Seed-averaged score(first) - score(second), bootstrap 95% interval over test images."""
+    """Seed-averaged score(first) - score(second), bootstrap 95% interval over test
+    images (the same resamples for every seed), and each seed's own difference and
+    interval (``per_seed``)."""
     pairs = {r.seed: r for r in second}
     matched = [(a, pairs[a.seed]) for a in first if a.seed in pairs]
     if not matched:
@@ -118,14 +120,25 @@ def _paired_difference(
         [np.bincount(rng.integers(0, n_img, n_img), minlength=n_img) for _ in range(n_boot)]
     ).astype(np.float64)  # [B, S]
     reps = np.zeros(n_boot)
+    per_seed: dict[str, dict[str, Any]] = {}
     for a, b in matched:
+        seed_reps = np.zeros(n_boot)
         for run, sign in ((a, 1.0), (b, -1.0)):
             cms = np.einsum("bs,skl->bkl", weights, run.confusion.astype(np.float64))
-            reps += sign * np.array([METRICS[metric](cm) for cm in cms])
+            seed_reps += sign * np.array([METRICS[metric](cm) for cm in cms])
+        reps += seed_reps
+        s_lo, s_hi = bootstrap_interval(seed_reps.tolist())
+        per_seed[str(a.seed)] = {"diff": a.score(metric) - b.score(metric), "ci95": [s_lo, s_hi]}
     reps /= len(matched)
     point = float(np.mean([a.score(metric) - b.score(metric) for a, b in matched]))
     lo, hi = bootstrap_interval(reps.tolist())
-    return {"diff": point, "ci95": [lo, hi], "n_seeds": len(matched), "n_images": n_img}
+    return {
+        "diff": point,
+        "ci95": [lo, hi],
+        "n_seeds": len(matched),
+        "n_images": n_img,
+        "per_seed": per_seed,
+    }
 
 
 def summarise_budget(
@@ -222,6 +235,17 @@ def format_budget_markdown(summary: Mapping[str, Any]) -> str:
                 le = "≤ " if cmp_.get("upper_bound") else ""
                 match_s = f"{le}1/{1 / match:.0f} ({le}{cmp_['sample_ratio']:.2f}x)"
             lines.append(f"| {key} | {_fmt(lp, m_)} | {_fmt(up, m_)} | {diff} | {match_s} |")
+        seeds_md = [
+            f"{key}: "
+            + ", ".join(
+                f"seed {sd} {v['diff']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]"
+                for sd, v in sorted(res["learned_vs_uniform"][key]["per_seed"].items())
+            )
+            for key in keys
+            if len(res["learned_vs_uniform"].get(key, {}).get("per_seed", {})) > 1
+        ]
+        if seeds_md:
+            lines += ["", "Learned - uniform per seed: " + "; ".join(seeds_md) + "."]
         tiled = curves.get("tiled", {}).get("1")
         if tiled:
             lines += ["", f"Tiled full resolution (same steps): {_fmt(tiled, m_)}."]

@@ -66,10 +66,13 @@ def plot_budget(
                     f"{sampler}: {p['n_seeds']} seed" + ("s" if p["n_seeds"] > 1 else ""),
                     (p["budget"], p[f"{m}_mean"]),
                     textcoords="offset points",
-                    xytext=(-8, 6 if above else -14),
-                    ha="right",
+                    xytext=(0, 8 if above else -8),
+                    ha="center",
+                    va="bottom" if above else "top",
                     fontsize=7,
                     color=colour,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+                    zorder=5,
                 )
     tiled = res["curves"].get("tiled", {}).get("1")
     if tiled:
@@ -77,7 +80,7 @@ def plot_budget(
         ax.axhline(mean, color="0.3", ls="--", label=full_label)
         if sd > 0:
             ax.axhspan(mean - sd, mean + sd, color="0.5", alpha=0.15, lw=0)
-    ax.margins(y=0.12)  # room for the seed labels
+    ax.margins(x=0.1, y=0.12)  # room for the seed labels
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(ticks), [budget_label(t) for t in sorted(ticks)])
     ax.set_xlabel("samples per region pixel (budget)")

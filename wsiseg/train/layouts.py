@@ -193,7 +193,9 @@ def _checked_data_mpp(data_mpp: float | None) -> float | None:
 
 def _plausible_mpp(value: float, where: str) -> float:
     if not 0.05 <= value <= 20:
-        raise InputError(f"{where}: pixel size {value} µm/px is not plausible")
+        raise InputError(
+            f"{where}: pixel size {value} µm/px is not plausible (expected 0.05 to 20 µm/px)"
+        )
     return value
 
 
@@ -266,7 +268,7 @@ def _read_monuseg(root: Path, data_mpp: float | None) -> DataLayout:
             f"(xml_microns_per_pixel) are read at {fallback} µm/px ({source})"
         )
         if "xml_microns_per_pixel" not in next(iter(rows.values()), {}) and given is None:
-            _warn_once(msg)  # no column at all: every image at a guessed pixel size
+            _warn_once(msg + "; the file has no xml_microns_per_pixel column")
         else:
             log.info("%s", msg)
     return DataLayout("monuseg", root, tuple(images))

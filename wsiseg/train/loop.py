@@ -82,10 +82,9 @@ class TrainConfig:
     channels_last: bool = False
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise InputError(
-                f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1"
-            )
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.augment not in AUGMENTS:
             raise InputError(f"unknown augment {self.augment!r} (known: {', '.join(AUGMENTS)})")
         if self.val_every < 0 or self.patience < 0:
