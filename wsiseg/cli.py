@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +44,25 @@ class _ShownFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+#: Set by Ctrl-C: from then on the cluster libraries' log records are dropped (at -v and
+#: below), as their teardown can log errors of its own (distributed's ``sync`` cancel
+#: callback raises NameError when the interrupt lands before its future exists).
+_INTERRUPTED = threading.Event()
+_QUIET = ("distributed", "dask", "tornado", "asyncio")
+
+
+def _shown_record(record: logging.LogRecord) -> bool:
+    """Handler filter below -vv: the cluster libraries' errors only, none after Ctrl-C."""
+    if not record.name.startswith(_QUIET):
+        return True
+    return record.levelno >= logging.ERROR and not _INTERRUPTED.is_set()
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     fmt = "%(levelname)s %(name)s: %(message)s"
@@ -52,9 +73,8 @@ def _setup_logging(verbose: int) -> None:
     logging.getLogger("tifffile").setLevel(logging.CRITICAL if verbose < 2 else logging.DEBUG)
     if verbose < 2:
         # dask resets its loggers' levels when clusters close; filter at the handler.
-        quiet = ("distributed", "dask", "tornado", "asyncio")
         for handler in logging.getLogger().handlers:
-            handler.addFilter(lambda r: r.levelno >= logging.ERROR or not r.name.startswith(quiet))
+            handler.addFilter(_shown_record)
     if verbose < 2:
         warnings.filterwarnings("ignore", module="tiffslide")
 
@@ -770,6 +790,8 @@ def segment(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning known errors into one line and exit code 1."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         cli.main(args=argv, prog_name="wsiseg", standalone_mode=False)
     except click.exceptions.Abort:  # click has ended the "^C" line
