@@ -255,9 +255,7 @@ def model_config(ds: Dataset, sampler: str, budget: float, quick: bool) -> Model
     )
 
 
-def train_config(
-    sampler: str, seed: int, quick: bool, threads: int, dataset: str = "glas"
-) -> TrainConfig:
+def train_config(sampler: str, seed: int, quick: bool, threads: int, dataset: str) -> TrainConfig:
     if quick:
         return TrainConfig(
             steps=6,
@@ -683,6 +681,19 @@ def _object_table(objects: dict[str, Any]) -> str:
 # -- main -----------------------------------------------------------------------------------------
 
 
+def results_folder(
+    parser: argparse.ArgumentParser, out: Path | None, work: Path, quick: bool, sub: str = ""
+) -> Path:
+    """``--out``: by default the committed ``docs/results/real[/sub]``, or ``WORK/quick[/sub]``
+    for a ``--quick`` smoke run, which may never write into the committed folder."""
+    committed = REPO / "docs" / "results" / "real" / sub
+    if out is None:
+        return work / "quick" / sub if quick else committed
+    if quick and out.resolve() == committed.resolve():
+        parser.error("--quick would overwrite the committed results: give another --out")
+    return out
+
+
 def _label(run: Run, sep: str) -> str:
     return sep.join((run.dataset, run.sampler, budget_label(run.budget), str(run.seed)))
 
@@ -713,11 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated runs to do, as DATASET:SAMPLER:BUDGET:SEED (glas:learned:1/64:0)",
     )
     a = p.parse_args(argv)
-    committed = REPO / "docs" / "results" / "real"
-    if a.out is None:
-        a.out = a.work / "quick" if a.quick else committed
-    elif a.quick and a.out.resolve() == committed.resolve():
-        p.error("--quick would overwrite the committed results: give another --out")
+    a.out = results_folder(p, a.out, a.work, a.quick)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     names = [n.strip() for n in a.datasets.split(",") if n.strip()]
     bad = sorted(set(names) - set(ALL_DATASETS))

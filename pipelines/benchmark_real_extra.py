@@ -41,11 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared", type=Path, default=None, help="shared data folder")
     p.add_argument("--quick", action="store_true", help="benchmark_real's --quick sizes")
     a = p.parse_args(argv)
-    committed = br.REPO / "docs" / "results" / "real" / "extra"
-    if a.out is None:
-        a.out = a.work / "quick" / "extra" if a.quick else committed
-    elif a.quick and a.out.resolve() == committed.resolve():
-        p.error("--quick would write beside the committed results: give another --out")
+    a.out = br.results_folder(p, a.out, a.work, a.quick, "extra")
     try:
         budget = float(Fraction(a.budget))
     except (ValueError, ZeroDivisionError):

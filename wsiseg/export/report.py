@@ -401,10 +401,7 @@ def _embed_image(path: Path, max_width: int, *, photo: bool) -> _Embedded:
         return _Embedded(None, note=f"{path.name} not found in {path.parent}")
     reduced = _box_reduced_png(path, max_width)
     if reduced is not None:
-        data, width, height, mime = _encoded(reduced, photo)
-        return _Embedded(
-            f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", width, height
-        )
+        return _data_uri(*_encoded(reduced, photo))
     try:
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as probe:
@@ -424,8 +421,11 @@ def _embed_image(path: Path, max_width: int, *, photo: bool) -> _Embedded:
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("report: cannot embed %s: %s", path, exc)
         return _Embedded(None, note=f"{path.name} could not be read ({type(exc).__name__})")
-    uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    return _Embedded(uri, width, height)
+    return _data_uri(data, width, height, mime)
+
+
+def _data_uri(data: bytes, width: int, height: int, mime: str) -> _Embedded:
+    return _Embedded(f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", width, height)
 
 
 def _class_colours(run: RunView) -> tuple[dict[str, str], str | None]:

@@ -247,20 +247,22 @@ def _read_monuseg(root: Path, data_mpp: float | None) -> DataLayout:
             continue
         split = row["split"].strip()
         if split not in ("train", "test", "testB"):
-            raise InputError(f"{root / 'split.csv'}: {name}: unknown split {split!r}")
+            raise InputError(f"{csv_path}: {name}: unknown split {split!r}")
         text = (row.get("xml_microns_per_pixel") or "").strip()
-        try:
-            mpp = float(text) if text else fallback
-        except ValueError as exc:
-            raise InputError(
-                f"{csv_path}: {name}: pixel size {text!r} is not a number (µm/px)"
-            ) from exc
-        if not text:
+        if text:
+            try:
+                value = float(text)
+            except ValueError as exc:
+                raise InputError(
+                    f"{csv_path}: {name}: pixel size {text!r} is not a number (µm/px)"
+                ) from exc
+            mpp = _plausible_mpp(value, f"{csv_path}: {name}")
+        else:  # the fallback was checked above
+            mpp = fallback
             blank.append(name)
         match = _TCGA.match(name)
-        where = f"{csv_path}: {name}" if text else "--data-mpp"
         patient = match.group(1).upper() if match else name
-        images.append(LayoutImage(name, img, mask, split, patient, _plausible_mpp(mpp, where)))
+        images.append(LayoutImage(name, img, mask, split, patient, mpp))
     if blank:
         source = "--data-mpp" if given else "the MoNuSeg default; --data-mpp sets another"
         msg = (
