@@ -139,8 +139,9 @@ def main(argv: list[str]) -> int:
     rec.span("import", t0, time.time())
     code = 0
     t_cmd = time.time()
+    sys.argv = ["wsiseg", *args]  # as the console script runs it (its exit included)
     try:
-        wsiseg_main(args)
+        wsiseg_main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:

@@ -183,3 +183,26 @@ def test_ctrl_c_silences_the_cluster_libraries_teardown() -> None:
         assert cli_mod._shown_record(record("wsiseg.pipeline.run", logging.WARNING))
     finally:
         cli_mod._INTERRUPTED.clear()
+
+
+def test_console_script_freezes_the_collector_on_the_way_out(monkeypatch, capsys) -> None:
+    """The console script (no argv) freezes the GC's objects as it ends, so the
+    interpreter's exit skips traversing them (about 1 s with torch loaded); an
+    in-process call with argv (tests, pipelines) leaves the collector as it is, and a
+    failing command freezes too (the process ends with it)."""
+    import gc
+
+    from wsiseg import cli as cli_mod
+
+    calls: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append(1))
+    cli_mod.main(["--version"])
+    assert calls == []
+    monkeypatch.setattr(sys, "argv", ["wsiseg", "--version"])
+    cli_mod.main()
+    assert calls == [1]
+    monkeypatch.setattr(sys, "argv", ["wsiseg", "info", "/nonexistent/slide.svs"])
+    with pytest.raises(SystemExit) as exc:
+        cli_mod.main()
+    assert exc.value.code != 0 and calls == [1, 1]
+    capsys.readouterr()
