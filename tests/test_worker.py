@@ -61,3 +61,37 @@ def test_worker_outputs_equal_predict(small_synthetic, tmp_path: Path, sampler: 
     assert got.pixels_decoded == source.pixels_decoded
     phases = {"segmenter"} if sampler == "tiled" else {"saliency", "sampling", "backprojection"}
     assert set(got.seconds) == {"load", "read", "segmenter"} | phases
+
+
+def test_worker_threads_starting_together_build_the_model_once(tmp_path, monkeypatch) -> None:
+    """Under ``--cluster threads`` the workers share a process: two threads asking for
+    the model at once get the same object, built once (not two copies racing)."""
+    import threading
+    import time
+
+    from wsiseg.pipeline import worker
+
+    built: list[str] = []
+
+    def slow_load(path: str, device: str = "auto") -> object:
+        built.append(path)
+        time.sleep(0.3)  # both threads arrive while the first one builds
+        return object()
+
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"x")
+    monkeypatch.setattr(worker, "load_model", slow_load)
+    worker._cached_model.cache_clear()
+    got: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(worker.cached_model(str(ckpt), "cpu", 0)))
+        for _ in range(2)
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        worker._cached_model.cache_clear()
+    assert len(built) == 1 and len(got) == 2 and got[0] is got[1]

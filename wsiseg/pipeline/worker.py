@@ -43,9 +43,15 @@ class BatchResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+#: Worker threads of one process (``--cluster threads``) that start together would each
+#: miss the cache and build their own copy; with the lock the others wait for the first.
+_MODEL_LOCK = threading.Lock()
+
+
 def cached_model(model_path: str, device: str, threads: int) -> DeformSeg:
     """The model of ``model_path``, loaded once per process (and again if the file changed)."""
-    return _cached_model(model_path, device, threads, file_stamp(model_path))
+    with _MODEL_LOCK:
+        return _cached_model(model_path, device, threads, file_stamp(model_path))
 
 
 @functools.lru_cache(maxsize=2)
