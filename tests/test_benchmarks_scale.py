@@ -92,14 +92,16 @@ def test_benchmark_gpu_cpu_mode(tmp_path: Path, slides: Path) -> None:
 
 @pytest.mark.slow
 def test_benchmark_peer_fallback(tmp_path: Path, slides: Path) -> None:
-    """Without TIAToolbox the peer is wsiseg's own tiled model, and the output says so."""
+    """Without TIAToolbox the peer is wsiseg's own tiled model, and the output says so;
+    a peer pixel size other than the issue's 1 µm/px is part of the result's key."""
     args = ["--fallback", "--size", "2048", "--workers", "1", "--slides", str(slides)]
+    args += ["--peer-mpp", "0.5"]
     args += ["--work", str(tmp_path), "--results", str(tmp_path / "results")]
     proc = _run("benchmark_peer.py", *args)
     assert "FALLBACK" in proc.stdout
     (path,) = (tmp_path / "results").glob("*.json")
-    run = json.loads(path.read_text())["runs"]["2048x2048-fallback"]
-    assert run["fallback"] is True
+    run = json.loads(path.read_text())["runs"]["2048x2048-fallback-0.5mpp"]
+    assert run["fallback"] is True and run["peer_mpp"] == 0.5
     assert run["wsiseg"]["exit_code"] == run["peer"]["exit_code"] == 0
     assert run["peer"]["worker_seconds"]["segmenter"] > 0
     assert run["speedup_wall"] == round(run["peer"]["wall_s"] / run["wsiseg"]["wall_s"], 2)
