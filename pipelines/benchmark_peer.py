@@ -21,12 +21,13 @@ then by the peer (``pipelines/peer_tiatoolbox.py`` in the venv: smp Unet-ResNet1
 random weights, 512 px patches at a 448 px stride at ``--peer-mpp`` µm/px, merged at 2
 µm/px; 1 µm/px, the issue's setting, gives the peer 4x fewer pixels than wsiseg's task
 pixel size of 0.5 µm/px, which ``--peer-mpp 0.5`` matches; ``--peer-mask tissue``
-lets TIAToolbox's own tissue mask pick the patches, ``none`` runs every patch). The peer gets every core (OMP_NUM_THREADS = cores). Wall times
-include start-up (imports, workers) on both sides; peak RSS is summed over each
-process tree. Where TIAToolbox cannot be run (no venv, or it fails), the peer falls
-back to wsiseg's own tiled model, untrained (``tiled`` sampler, 512 px windows, 64
-px overlap at ``--peer-mpp``), and the output says so. Results: ``RESULTS/<commit>.json``
-(default ``docs/results/peer``).
+lets TIAToolbox's own tissue mask pick the patches, ``none`` runs every patch). The
+peer gets every core (OMP_NUM_THREADS = cores). Wall times include start-up
+(imports, workers) on both sides; peak RSS is summed over each process tree. Where
+TIAToolbox cannot be run (no venv, or it fails), the peer falls back to wsiseg's own
+tiled model, untrained (``tiled`` sampler, 512 px windows, 64 px overlap at
+``--peer-mpp``), and the output says so. Results: ``RESULTS/<commit>.json`` (default
+``docs/results/peer``).
 """
 
 from __future__ import annotations
