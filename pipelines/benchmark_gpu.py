@@ -26,8 +26,9 @@ What the pipeline has for a GPU today (read from ``wsiseg/models`` and
 - pinned host memory: yes for the host -> device copies of the low-res views, samples
   and windows (``wsiseg.models.precision.to_device``: ``pin_memory`` + ``non_blocking``);
 - decoding overlapped with compute: no, within a worker: a task reads, samples,
-  predicts and back-projects in sequence; only separate dask worker processes overlap
-  (each loads its own copy of the model on the same GPU; ``--workers``);
+  predicts and back-projects in sequence; only separate dask workers overlap
+  (``--workers``: threads of the command's process sharing one copy of the model;
+  with ``wsiseg segment --cluster local``, processes with a copy each);
 - torch threads per worker: 1 (``SegmentConfig.threads_per_worker``), also for the CPU
   side of a GPU run (decoding, mip-maps, sampling);
 - device placement: ``SlideRegionSource.sample`` builds each region's mip-map and
@@ -52,7 +53,13 @@ from typing import Any
 
 from benchmark_scale import REPO, measure_segment, table
 
-from wsiseg.bench.wholeslide import bench_slide, git_commit, parse_size, size_key
+from wsiseg.bench.wholeslide import (
+    bench_slide,
+    git_commit,
+    parse_size,
+    results_folder_ready,
+    size_key,
+)
 
 
 class GpuMemory:
@@ -92,13 +99,24 @@ class GpuMemory:
             self._thread.join()
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--size", default="100000x60000", help="N or WxH px")
-    p.add_argument("--workers", type=int, default=1, help="dask worker processes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="dask workers (threads of wsiseg segment's process, its default cluster)",
+    )
     p.add_argument("--model", default="default")
     p.add_argument("--slides", type=Path, default=REPO / "runs" / "bench-slides")
     p.add_argument("--work", type=Path, default=REPO / "runs" / "bench-gpu")
@@ -108,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         w, h = parse_size(a.size)
+        results_folder_ready(a.results)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if a.device.startswith("cuda") and not _cuda_available():  # before writing the slide
+        print(f"error: --device {a.device}: no CUDA GPU is available here", file=sys.stderr)
+        return 1
     timeout = a.timeout if a.timeout is not None else (600.0 if a.device == "cuda" else None)
     slide, _ = bench_slide(a.slides, w, h)
     out = a.work / f"out-{a.device}-{size_key(w, h)}-{int(time.time())}"
@@ -133,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
         "note": a.note,
         **r,
     }
-    a.results.mkdir(parents=True, exist_ok=True)
     path = a.results / f"{commit.replace('+', '-')}-{a.device}-{size_key(w, h)}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     status = "ok" if r["exit_code"] == 0 else f"FAILED (exit {r['exit_code']})"

@@ -46,7 +46,13 @@ from typing import Any
 
 from benchmark_scale import GIB, REPO, measure_segment, record_results
 
-from wsiseg.bench.wholeslide import TreeRSS, bench_slide, git_commit, load_snapshot
+from wsiseg.bench.wholeslide import (
+    TreeRSS,
+    bench_slide,
+    git_commit,
+    load_snapshot,
+    results_folder_ready,
+)
 
 PEER_SCRIPT = Path(__file__).resolve().with_name("peer_tiatoolbox.py")
 VENV = REPO / "runs" / "tiatoolbox-venv"
@@ -136,13 +142,24 @@ def tiled_checkpoint(folder: Path, mpp: float = 1.0) -> Path:
     )
 
 
+def _side(text: str) -> int:
+    """``--size``: one positive side in pixels (the slide is square)."""
+    try:
+        side = int(text)
+    except ValueError:
+        side = 0
+    if side <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the square slide's side in pixels")
+    return side
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--setup", action="store_true", help="create the TIAToolbox venv and stop")
     p.add_argument("--venv", type=Path, default=VENV)
-    p.add_argument("--size", type=int, default=16384, help="slide side, px at 0.5 µm/px")
+    p.add_argument("--size", type=_side, default=16384, help="slide side, px at 0.5 µm/px")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--peer-mask", choices=("tissue", "none"), default="tissue")
     p.add_argument(
@@ -161,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.setup:
         setup_venv(a.venv)
         return 0
+    try:
+        results_folder_ready(a.results)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     commit = git_commit(REPO)  # before the runs: the code that runs
     slide, _ = bench_slide(a.slides, a.size, a.size)
     stamp = int(time.time())

@@ -3,7 +3,8 @@
     python pipelines/benchmark_scale.py [--sizes 10000 30000 60000 100000x60000] \
         [--workers 2] [--model default] [--device cpu] [--note "two trainings running"]
     python pipelines/benchmark_scale.py --quick --work /tmp/scale   # one small slide (CI)
-    python pipelines/benchmark_scale.py --at 6783bb8 --sizes 30000  # an earlier commit
+    python pipelines/benchmark_scale.py --at 6783bb8 --sizes 30000 --cluster local
+    # an earlier commit; one from before --cluster threads existed needs --cluster local
 
 For each size (N: N x N px, or WxH) a synthetic slide at 0.5 µm/px is written once
 under ``--slides`` (`wsiseg.bench.wholeslide.bench_slide`: tile by tile, bounded
@@ -11,8 +12,9 @@ memory; the square ones are those of ``pipelines/benchmark_wsi.py``), then segme
 by ``wsiseg segment`` in a fresh child process (``pipelines/segment_probe.py``), so
 that the wall time includes start-up. Recorded per slide:
 
-- wall time of the whole command, and peak RSS summed over the process tree (driver,
-  dask scheduler, nannies, workers) sampled every 0.2 s, also per phase below;
+- wall time of the whole command, and peak RSS summed over the process tree (the
+  command's process; with ``--cluster local`` also the dask scheduler, nannies and
+  worker processes) sampled every 0.2 s, also per phase below;
 - regions, regions per second of the region phase, pixels decoded per level-0 tissue
   pixel (from the slide's ``summary.json``);
 - the workers' phase seconds, summed over regions (``summary.json``: load, read,
@@ -57,6 +59,7 @@ from wsiseg.bench.wholeslide import (
     git_commit,
     load_snapshot,
     parse_size,
+    results_folder_ready,
     size_key,
 )
 
@@ -232,12 +235,23 @@ def measure_segment(
 def export_commit(commit: str, work: Path) -> tuple[str, Path]:
     """``git archive`` the ``wsiseg`` package of ``commit`` into WORK/src-<commit>; the
     commit's short id and the folder to put first on PYTHONPATH."""
-    sha = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short=10", commit],
+    found = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--short=10",
+            f"{commit}^{{commit}}",
+        ],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout.strip()
+    )
+    if found.returncode != 0:
+        raise ValueError(f"--at {commit}: not a commit of {REPO}")
+    sha = found.stdout.strip()
     dest = work / f"src-{sha}"
     if not (dest / "wsiseg").is_dir():
         dest.mkdir(parents=True, exist_ok=True)
@@ -328,9 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument(
         "--cluster",
-        default="local",
-        help="passed to wsiseg segment: local (processes) or threads; results keyed SIZE-CLUSTER "
-        "when not local",
+        default="threads",
+        help="passed to wsiseg segment: threads (its default: workers in its process) or local "
+        "(worker processes; an --at commit from before threads existed needs it); results keyed "
+        "SIZE-CLUSTER when not local",
     )
     p.add_argument("--model", default="default")
     p.add_argument("--device", default=None, help="passed to wsiseg segment (default: its own)")
@@ -351,16 +366,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick and a.slides == p.get_default("slides"):
         a.slides = a.work / "slides"
     results = a.results or (a.work / "results" if a.quick else REPO / "docs" / "results" / "scale")
+    src = None
     try:
         dims = [parse_size(s) for s in sizes]
+        results_folder_ready(results)
+        if a.at:
+            commit, src = export_commit(a.at, a.work)
+        else:
+            commit = git_commit(REPO)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    src = None
-    if a.at:
-        commit, src = export_commit(a.at, a.work)
-    else:
-        commit = git_commit(REPO)
     meta = {
         "script": "pipelines/benchmark_scale.py",
         "machine": f"{os.cpu_count()} CPU cores, {psutil.virtual_memory().total / GIB:.0f} GiB",

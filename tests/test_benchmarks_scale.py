@@ -67,12 +67,13 @@ def test_benchmark_scale_quick(tmp_path: Path, slides: Path) -> None:
     files = list((tmp_path / "results").glob("*.json"))
     assert len(files) == 1
     data = json.loads(files[0].read_text())
-    assert data["commit"] and set(data["runs"]) == {SMALL}
-    r = data["runs"][SMALL]
+    key = f"{SMALL}-threads"  # wsiseg segment's own default cluster
+    assert data["commit"] and set(data["runs"]) == {key}
+    r = data["runs"][key]
     _check_segment_result(r)
-    assert r["size_px"] == [4096, 3072] and r["workers"] == 2
+    assert r["size_px"] == [4096, 3072] and r["workers"] == 2 and r["cluster"] == "threads"
     assert r["load_before"]["cpus"] == os.cpu_count()
-    assert "| 4096x3072 |" in proc.stdout  # the printed table
+    assert f"| {key} |" in proc.stdout  # the printed table
     # outputs are removed unless --keep; the measured slide folder is gone
     assert not list(tmp_path.glob("out-*/bench-4096x3072/mask.ome.tif"))
 
@@ -179,3 +180,33 @@ def test_parse_size() -> None:
     for bad in ("", "x", "10x", "0", "-5", "1x2x3", "abc"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "says"),
+    [
+        ("benchmark_scale.py", ["--sizes", "4096"], "a file is in the way"),
+        ("benchmark_gpu.py", ["--device", "cpu", "--size", "4096"], "a file is in the way"),
+        ("benchmark_peer.py", ["--fallback", "--size", "4096"], "a file is in the way"),
+        ("benchmark_scale.py", ["--at", "no-such-commit-xyz"], "not a commit"),
+        ("benchmark_peer.py", ["--size", "0"], "give the square slide's side"),
+    ],
+)
+def test_benchmarks_refuse_bad_arguments_before_measuring(
+    tmp_path: Path, script: str, args: list[str], says: str
+) -> None:
+    """A results path that is a file, an unknown --at commit or a zero size is refused
+    with one error line before any slide is written or segmented (formerly a traceback
+    after the whole measurement, its numbers lost)."""
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder\n")
+    results = blocker if "file" in says else tmp_path / "fresh-results"
+    cmd = [sys.executable, str(PIPELINES / script), *args, "--results", str(results)]
+    cmd += ["--work", str(tmp_path / "work"), "--slides", str(tmp_path / "slides")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]  # argparse: + usage
+    assert len(errors) == 1 and says in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert blocker.read_text() == "not a folder\n"
+    assert not (tmp_path / "slides").exists()  # nothing was measured

@@ -206,3 +206,16 @@ def test_console_script_freezes_the_collector_on_the_way_out(monkeypatch, capsys
         cli_mod.main()
     assert exc.value.code != 0 and calls == [1, 1]
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:x", "gpu"])
+def test_a_device_name_torch_does_not_know_is_one_error_line(device: str, capsys) -> None:
+    """--device is checked before any work (formerly a torch RuntimeError traceback from
+    the workers), and the library's resolve_device names it too."""
+    from wsiseg.errors import WsisegError
+    from wsiseg.models.loading import resolve_device
+
+    code, _, err = run_cli(["segment", "nowhere.svs", "-o", "out", "--device", device], capsys)
+    assert code == 2 and err.count("error:") == 1 and repr(device) in err
+    with pytest.raises(WsisegError, match="not a device"):
+        resolve_device(device)

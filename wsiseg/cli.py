@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import threading
@@ -109,6 +110,13 @@ def cli(verbose: int) -> None:
 
 
 # --------------------------------------------------------------------------- info
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (checked before any work starts)."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        return value
+    raise click.BadParameter(f"{value!r}: give auto, cpu, cuda or cuda:N", param=param)
+
+
 def _slide_info(path: Path, backend: str, mpp: float | None) -> dict[str, Any]:
     from wsiseg.io import open_slide
 
@@ -360,7 +368,9 @@ _TARGET_HELP = (
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--steps", type=int, default=None, help="Override the number of training steps.")
 @click.option("--seed", type=int, default=None, help="Override the seed.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option(
+    "--device", default="auto", show_default=True, callback=_device, help="auto, cpu or cuda."
+)
 @click.option(
     "--data-mpp", type=float, default=None, help="Pixel size of image tiles without metadata."
 )
@@ -492,7 +502,9 @@ def train(
 @click.option("--baseline", "baselines", multiple=True, help="Baseline checkpoint(s) to compare.")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Labeled data folder.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--device", default="auto", show_default=True, callback=_device, help="auto, cpu or cuda."
+)
 @click.option(
     "--data-mpp", type=float, default=None, help="Pixel size of image tiles without metadata."
 )
@@ -695,7 +707,9 @@ class _Bars:
     help="A bundled model ('default': synthetic demo; 'glas': GlaS colon glands, research "
     "use) or a checkpoint (.safetensors).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option(
+    "--device", default="auto", show_default=True, callback=_device, help="auto, cpu or cuda."
+)
 @click.option(
     "--workers",
     type=int,

@@ -25,6 +25,7 @@ __all__ = [
     "git_commit",
     "load_snapshot",
     "parse_size",
+    "results_folder_ready",
     "size_key",
 ]
 
@@ -106,6 +107,24 @@ def parse_size(text: str) -> tuple[int, int]:
     if len(parts) > 2 or w <= 0 or h <= 0:
         raise ValueError(f"size {text!r}: give N or WxH in pixels")
     return w, h
+
+
+def results_folder_ready(folder: Path) -> Path:
+    """Create ``folder`` for result files before a benchmark spends its time, so a path
+    that cannot hold them is refused up front, not after the measurements.
+
+    Raises
+    ------
+    ValueError
+        ``folder`` or a parent is a file, or it cannot be created.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"results folder {folder}: a file is in the way") from None
+    except OSError as exc:
+        raise ValueError(f"results folder {folder}: {exc.strerror or exc}") from None
+    return folder
 
 
 def size_key(width: int, height: int) -> str:

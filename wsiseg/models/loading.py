@@ -41,7 +41,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise WsisegError(
+            f"--device {device!r}: not a device (auto, cpu, cuda or cuda:N)"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise WsisegError("--device cuda was asked for, but no CUDA GPU is available")
     return dev
