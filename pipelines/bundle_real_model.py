@@ -133,16 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     name = a.name or a.dataset
     runs = _runs(a.results, a.dataset, a.budget)
-    have = [r for r in runs if (a.work / "runs" / r["key"] / "best.safetensors").is_file()]
-    if not have:
+    if not runs:
+        print(f"error: no finished learned {a.budget} run of {a.dataset}", file=sys.stderr)
+        return 2
+    rec = max(runs, key=_best_val)  # among every finished seed, not only those at hand
+    ckpt = a.work / "runs" / rec["key"] / "best.safetensors"
+    if not ckpt.is_file():
         print(
-            f"error: no finished learned {a.budget} run of {a.dataset} with its checkpoint "
-            f"in {a.work}/runs ({len(runs)} result file(s) found)",
+            f"error: the best-validated run {rec['key']} (seed {rec['seed']}) has no checkpoint "
+            f"at {ckpt}; rerun it there (pipelines/benchmark_real.py --work {a.work} --only ...)",
             file=sys.stderr,
         )
         return 2
-    rec = max(have, key=_best_val)
-    state, meta = load_checkpoint(a.work / "runs" / rec["key"] / "best.safetensors")
+    state, meta = load_checkpoint(ckpt)
     if json.loads(json.dumps(ModelConfig.from_dict(meta["model"]).to_dict())) != rec["model"]:
         print(
             f"error: checkpoint of run {rec['key']} does not match its result file", file=sys.stderr
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     md_path = a.results / "real.md"
     if md_path.is_file():
         report["markdown"] = md_path.read_text()
-    card_md = card_markdown(name, card, rec, len(have), _table(report, a.dataset))
+    card_md = card_markdown(name, card, rec, len(runs), _table(report, a.dataset))
     if a.status:
         head, sep, rest = card_md.partition("\n## ")
         card_md = f"{head}\n**Status.** {a.status}\n{sep}{rest}"

@@ -62,5 +62,11 @@ def test_bundles_the_best_validated_seed_with_a_card(
     for needed in ("Research use only", "Sirinukunwattana", "Not for", "test A", "seed 1"):
         assert needed in card, needed
     assert (out / "glas.safetensors").stat().st_size < 25 * 2**20
+    assert "of the 2 finished seed(s)" in card
     assert mod.main([*argv[:4], "--out", str(tmp_path / "none"), "--budget", "1/64"]) == 2
     assert "error: no finished learned 1/64 run" in capsys.readouterr().err
+    # the best-validated seed's checkpoint missing: refused, not a lesser seed bundled
+    (work / "runs" / "bbb" / "best.safetensors").unlink()
+    assert mod.main([*argv[:4], "--out", str(tmp_path / "other")]) == 2
+    assert "best-validated run bbb (seed 1) has no checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
