@@ -118,7 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         help="dask workers (threads of wsiseg segment's process, its default cluster)",
     )
     p.add_argument("--model", default="default")
-    p.add_argument("--slides", type=Path, default=REPO / "runs" / "bench-slides")
+    p.add_argument(
+        "--slides",
+        type=Path,
+        default=REPO / "runs" / "bench-slides",
+        help="synthetic slides, written once and shared by the benchmarks (git-ignored)",
+    )
     p.add_argument("--work", type=Path, default=REPO / "runs" / "bench-gpu")
     p.add_argument("--results", type=Path, default=REPO / "docs" / "results" / "gpu")
     p.add_argument("--timeout", type=float, default=None, help="seconds (cuda default 600)")

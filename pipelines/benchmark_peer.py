@@ -169,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the peer's patch pixel size, µm/px (1.0: issue 13's setting; 0.5: wsiseg's task)",
     )
     p.add_argument("--fallback", action="store_true", help="use wsiseg's tiled model as peer")
-    p.add_argument("--slides", type=Path, default=REPO / "runs" / "bench-slides")
+    p.add_argument(
+        "--slides",
+        type=Path,
+        default=REPO / "runs" / "bench-slides",
+        help="synthetic slides, written once and shared by the benchmarks (git-ignored)",
+    )
     p.add_argument("--work", type=Path, default=REPO / "runs" / "bench-peer")
     p.add_argument("--results", type=Path, default=REPO / "docs" / "results" / "peer")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per side")

@@ -323,13 +323,25 @@ def table(runs: dict[str, Any]) -> str:
         w = r.get("worker_seconds", {})
         cells = " | ".join(_fmt(w.get(k)) for k in workers)
         lines.append(f"| {key} | {cells} | {_fmt(r.get('worker_seconds_total'))} |")
-    mem = ("import", "cluster_start", "slide_prepare", "regions", "write_outputs", "geojson_trace")
+    mem = (
+        "import",
+        "model_check",
+        "cluster_start",
+        "slide_prepare",
+        "regions",
+        "write_outputs",
+        "geojson_trace",
+    )
     lines += ["", "peak RSS GiB by phase (all / driver): | slide | " + " | ".join(mem) + " |"]
     lines.append("|---" * (len(mem) + 1) + "|")
     for key, r in runs.items():
         m = r.get("peak_rss_gib_by_phase", {})
         cells = " | ".join(f"{m[k]['all']} / {m[k]['driver']}" if k in m else "-" for k in mem)
         lines.append(f"| {key} | {cells} |")
+    lines.append(
+        "(memory is sampled every 0.2 s: '-' is a phase shorter than that; the overall peak "
+        "also covers the time between these phases, so it can exceed every column)"
+    )
     return "\n".join(lines)
 
 
@@ -349,7 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--model", default="default")
     p.add_argument("--device", default=None, help="passed to wsiseg segment (default: its own)")
-    p.add_argument("--slides", type=Path, default=REPO / "runs" / "bench-slides")
+    p.add_argument(
+        "--slides",
+        type=Path,
+        default=REPO / "runs" / "bench-slides",
+        help="synthetic slides, written once and shared by the benchmarks (git-ignored; "
+        "--quick: WORK/slides)",
+    )
     p.add_argument("--work", type=Path, default=REPO / "runs" / "bench-scale")
     p.add_argument("--results", type=Path, default=None, help="default docs/results/scale")
     p.add_argument("--timeout", type=float, default=None, help="seconds per slide")
