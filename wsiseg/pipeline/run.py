@@ -53,6 +53,7 @@ from wsiseg.pipeline.admission import Admission, admit_slide
 from wsiseg.pipeline.cluster import task_resources
 from wsiseg.pipeline.config import SegmentConfig
 from wsiseg.pipeline.memory import release_freed_memory
+from wsiseg.pipeline.off_tissue import OffTissue, clears_off_tissue
 from wsiseg.pipeline.outputs import ClassArea, ResumeIdentity, RoiRecord, SlideSummary
 from wsiseg.pipeline.roi import clip_roi_to_slide
 from wsiseg.pipeline.scratch import BatchRecord, Scratch, core_sha256, open_scratch, scratch_key
@@ -344,6 +345,11 @@ def segment_slide(
                 roi=roi,
             )
             thumb = preview_image(thumb)  # all that is needed of it from here on
+            off_tissue = (
+                OffTissue(tissue.mask, tissue.downsample, plan)
+                if clears_off_tissue(cfg.class_names)
+                else None
+            )
             level0_tissue = detected_tissue_px(tissue, roi)
             del tissue  # its mask grows with the slide; only its area is needed from here on
             release_freed_memory()  # the thumbnail's and tissue detection's temporaries
@@ -356,10 +362,12 @@ def segment_slide(
         remove_stale_temporaries(out_dir)  # half-written outputs of a killed run
         batches = _batches(plan, config.batch_regions)
         # A killed run's finished regions are reused if made for the same inputs.
-        key = scratch_key(identity, plan, batches, config.device)
+        key = scratch_key(identity, plan, batches, config.device, off_tissue=off_tissue is not None)
         scratch = open_scratch(out_dir, key, discard=overwrite)
         try:
-            result = _run_regions(ref, model, config, plan, batches, client, scratch, on_region)
+            result = _run_regions(
+                ref, model, config, plan, batches, client, scratch, on_region, off_tissue
+            )
             release_freed_memory()
             # Right before the first final rename: nobody else finished this slide meanwhile.
             if _summary_state(out_dir) != seen:
@@ -460,6 +468,7 @@ def _run_regions(
     client: Client,
     scratch: Scratch,
     on_region: Callable[[int, int], None] | None,
+    off_tissue: OffTissue | None = None,
 ) -> _RunResult:
     cfg = model.config
     grid = cfg.saliency_grid_px if cfg.sampler == "learned" else None
@@ -488,6 +497,8 @@ def _run_regions(
     try:
         for fut in as_completed(futures):
             res = _result(fut)
+            if off_tissue is not None:  # before stitching and the scratch record
+                res.cores = [(i, off_tissue.clear(by_index[i], c)) for i, c in res.cores]
             for index, core_labels in res.cores:
                 stitcher.add_core(by_index[index], core_labels)
             if stitcher.density is not None:
