@@ -56,16 +56,33 @@ def test_cores_are_cleared_where_the_grown_mask_has_no_tissue() -> None:
     assert (expected & ~tissue).any()  # and the grown band is there to keep
 
 
-def test_scratch_of_cleared_cores_is_not_mixed_with_an_older_one() -> None:
+def test_results_written_before_the_rule_are_not_taken_for_done() -> None:
+    """The clearing is part of the resume identity's settings (recorded in summary.json,
+    and so in the scratch key): a gland model's results from before it are named as
+    different inputs, not skipped as done; the demo model's settings are unchanged."""
+    from wsiseg.pipeline.config import SegmentConfig
     from wsiseg.pipeline.outputs import ResumeIdentity
-    from wsiseg.pipeline.scratch import scratch_key
 
-    plan = plan_regions((480, 320), 0.5, task_mpp=0.5, region_px=64, margin_px=8, output_mpp=1.0)
-    ident = ResumeIdentity("m" * 64, "f" * 64, 0.5, 1.0, None, "openslide", "h")
-    batches = [list(plan.regions)]
-    plain = scratch_key(ident, plan, batches, "cpu")
-    cleared = scratch_key(ident, plan, batches, "cpu", off_tissue=True)
-    assert "off_tissue" not in plain and cleared != plain
+    cfg = SegmentConfig().resolved(2.0)
+    assert "off_tissue" not in cfg.output_settings()
+    assert cfg.output_settings(off_tissue=True)["off_tissue"] == "cleared"
+    assert cfg.output_hash(off_tissue=True) != cfg.output_hash()
+
+    def ident(off: bool) -> ResumeIdentity:
+        return ResumeIdentity(
+            "m" * 64,
+            "f" * 64,
+            0.5,
+            2.0,
+            None,
+            "openslide",
+            cfg.output_hash(off_tissue=off),
+            {},
+            cfg.output_settings(off_tissue=off),
+        )
+
+    diffs = ident(False).differences(ident(True))
+    assert len(diffs) == 1 and "off_tissue" in diffs[0] and "cleared" in diffs[0]
 
 
 def _biased_model(folder: Path, names: tuple[str, str]) -> Path:
@@ -106,6 +123,8 @@ def test_segment_clears_off_tissue_only_for_a_tissue_class_zero(
     out = tmp_path / "out"
     main(["segment", str(small_synthetic.image), "-o", str(out), "--model", str(model)])
     labels = read_label_ome_tiff(out / small_synthetic.image.stem / "mask.ome.tif")
+    recorded = json.loads((out / small_synthetic.image.stem / "summary.json").read_text())
+    assert recorded["identity"]["settings"].get("off_tissue") == ("cleared" if cleared else None)
     reader = open_slide(small_synthetic.image)
     tissue = detect_tissue(reader, TissueParams(thumb_mpp=SegmentConfig().thumb_mpp))
     grown = ndimage.binary_dilation(tissue.mask, structure=np.ones((3, 3), bool))

@@ -38,12 +38,18 @@ class SegmentConfig:
         """This config with the output pixel size a run actually uses filled in."""
         return dataclasses.replace(self, output_mpp=float(output_mpp))
 
-    def output_settings(self) -> dict[str, Any]:
-        """The settings that change the outputs (not device or parallelism)."""
+    def output_settings(self, *, off_tissue: bool = False) -> dict[str, Any]:
+        """The settings that change the outputs (not device or parallelism); with
+        ``off_tissue``, that predictions off the tissue are cleared (a model whose class
+        0 is not Background: `wsiseg.pipeline.off_tissue`), so results written before
+        that rule are not taken for done."""
         keys = ("output_mpp", "margin_px", "thumb_mpp", "min_area_um2", "batch_regions")
-        return {k: getattr(self, k) for k in keys}
+        out: dict[str, Any] = {k: getattr(self, k) for k in keys}
+        if off_tissue:
+            out["off_tissue"] = "cleared"
+        return out
 
-    def output_hash(self) -> str:
+    def output_hash(self, *, off_tissue: bool = False) -> str:
         """Hash of `output_settings`."""
-        text = json.dumps(self.output_settings(), sort_keys=True)
+        text = json.dumps(self.output_settings(off_tissue=off_tissue), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -286,6 +286,7 @@ def segment_slide(
             mpp_source = "metadata" if is_plausible_mpp(reader.mpp_reported[0]) else "override"
             if roi is not None:  # only its part on the slide; none is an error
                 roi = clip_roi_to_slide(roi, reader.level_dimensions[0])
+            clears = clears_off_tissue(cfg.class_names)
             identity = ResumeIdentity(
                 model_sha256=model.sha256,
                 slide_fingerprint=slide_fingerprint(slide),
@@ -293,9 +294,9 @@ def segment_slide(
                 output_mpp=float(output_mpp),
                 roi_sha256=roi_sha256(roi) if roi is not None else None,
                 backend=reader.backend,
-                settings_hash=config.resolved(output_mpp).output_hash(),
+                settings_hash=config.resolved(output_mpp).output_hash(off_tissue=clears),
                 model_config=dict(model.config_digest),
-                settings=config.resolved(output_mpp).output_settings(),
+                settings=config.resolved(output_mpp).output_settings(off_tissue=clears),
             )
             seen = _summary_state(out_dir)
             done = _done_summary(out_dir)
@@ -345,11 +346,7 @@ def segment_slide(
                 roi=roi,
             )
             thumb = preview_image(thumb)  # all that is needed of it from here on
-            off_tissue = (
-                OffTissue(tissue.mask, tissue.downsample, plan)
-                if clears_off_tissue(cfg.class_names)
-                else None
-            )
+            off_tissue = OffTissue(tissue.mask, tissue.downsample, plan) if clears else None
             level0_tissue = detected_tissue_px(tissue, roi)
             del tissue  # its mask grows with the slide; only its area is needed from here on
             release_freed_memory()  # the thumbnail's and tissue detection's temporaries
@@ -362,7 +359,7 @@ def segment_slide(
         remove_stale_temporaries(out_dir)  # half-written outputs of a killed run
         batches = _batches(plan, config.batch_regions)
         # A killed run's finished regions are reused if made for the same inputs.
-        key = scratch_key(identity, plan, batches, config.device, off_tissue=off_tissue is not None)
+        key = scratch_key(identity, plan, batches, config.device)
         scratch = open_scratch(out_dir, key, discard=overwrite)
         try:
             result = _run_regions(

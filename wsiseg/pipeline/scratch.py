@@ -53,14 +53,10 @@ def scratch_key(
     plan: RegionPlan,
     batches: Sequence[Sequence[Region]],
     device: str = "",
-    *,
-    off_tissue: bool = False,
 ) -> dict[str, Any]:
     """What a slide's scratch is valid for: its identity, the wsiseg version, a hash of
     the plan (grid, regions, batches) and the ``--device`` asked for (not part of the
-    identity, but one slide's regions are not mixed across devices); with
-    ``off_tissue``, that its cores are cleared off the tissue (`wsiseg.pipeline.off_tissue`:
-    a scratch written before that rule is not mixed in). JSON-ready."""
+    identity, but one slide's regions are not mixed across devices). JSON-ready."""
     geometry = plan.geometry()
     layout = {
         "grid": [
@@ -80,7 +76,6 @@ def scratch_key(
         "identity": identity.to_json(),
         "device": device,
         "plan_sha256": hashlib.sha256(text.encode()).hexdigest(),
-        **({"off_tissue": "cleared"} if off_tissue else {}),
     }
 
 
