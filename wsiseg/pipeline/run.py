@@ -674,7 +674,7 @@ def class_areas(
     is every other class; otherwise class 0 is tissue too (e.g. ``Not gland``: stroma
     and glass alike) and the tissue is what tissue detection found, so that a gland
     fraction is of the tissue, not of the glands."""
-    if names[0].strip().lower() == "background":
+    if not clears_off_tissue(names):  # class 0 is Background: glass and nothing else
         tissue_px = float(counts[1:].sum())
     else:
         tissue_px = float(detected_tissue_px)
