@@ -162,6 +162,11 @@ def _show(value: object) -> str:
     return str(value)
 
 
+def _setting(settings: dict[str, Any], key: str) -> str:
+    """One recorded setting in a refusal line; a key the run did not record reads as such."""
+    return _show(settings[key]) if key in settings else "(not recorded)"
+
+
 @dataclass(frozen=True)
 class ResumeIdentity:
     """What a slide's results depend on (see the module notes)."""
@@ -231,7 +236,7 @@ class ResumeIdentity:
                     continue  # an older summary: its hash is compared
                 keys = sorted(k for k in old.keys() | now.keys() if old.get(k) != now.get(k))
                 named = [
-                    f"{k} {_show(old.get(k))} vs {_show(now.get(k))}"
+                    f"{k} {_setting(old, k)} vs {_setting(now, k)}"
                     for k in keys
                     if k != "output_mpp"  # has its own phrase
                 ]
