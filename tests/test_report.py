@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 import tempfile
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,13 @@ def _parse(text: str) -> _Page:
     return page
 
 
+def _text_of(html: str, tag: str) -> str:
+    """The text of the page's first ``tag`` element, tags removed, entities decoded."""
+    start = html.index(f"<{tag}")
+    part = html[start : html.index(f"</{tag}>", start)]
+    return unescape(re.sub(r"<[^>]+>", " ", part))
+
+
 def test_report_sections_images_and_escaping(tmp_path: Path) -> None:
     slides = _slides(tmp_path)
     path = write_report(tmp_path / "report.html", _run(), slides)
@@ -264,6 +273,51 @@ def test_refusals_forced_warnings_and_notice(tmp_path: Path) -> None:
     assert "<strong>Warning.</strong>tissue colour is far from the model&#x27;s" in text
     # A run recorded before notices existed: the default notice.
     assert DEFAULT_NOTICE in render_report(_run(), slides)
+
+
+def test_header_and_table_describe_the_model_of_the_results(tmp_path: Path) -> None:
+    """Slides kept from a run with another model: the header takes that model's sampler and
+    pixel size from the summaries (budget "varies"), and the table its classes, not the
+    settings of this run's model, which only refused a slide."""
+    other = {
+        "model": "/models/glas.safetensors",
+        "model_sha256": "f" * 64,
+        "notice": "Research use only (GlaS)",
+        "task_mpp": 0.62,
+        "classes": {
+            "Not gland": {"area_mm2": 0.9, "fraction_of_tissue": None},
+            "Gland": {"area_mm2": 0.06, "fraction_of_tissue": 0.0591},
+        },
+    }
+    slides = [
+        {
+            "slide": "/slides/cmu.svs",
+            "status": "skipped",
+            "out": str(_slide_folder(tmp_path / "out" / "cmu")),
+            "summary": _summary(**other),
+        },
+        {
+            "slide": "/slides/dapi.ndpi",
+            "status": "refused",
+            "message": "refused: dark",
+            "out": None,
+        },
+    ]
+    text = render_report(_run(), slides)
+    _parse(text)
+    header = _text_of(text, "header")
+    assert "glas.safetensors" in header and "1/256" not in header
+    header = " ".join(header.split())
+    assert "Budget varies" in header and "Task pixel size 0.620 µm/px" in header
+    assert "0.500 µm/px" not in header
+    table = _text_of(text, "table")
+    assert "Gland" in table and "5.9" in table
+    assert "Tumor" not in table and "Not gland" not in table
+    # With the run's own model the run's settings are shown, as before.
+    own = _summary(model="/models/default.safetensors", model_sha256=_run()["model_sha256"])
+    slides[0]["summary"] = own
+    header = _text_of(render_report(_run(), slides), "header")
+    assert "1/256 of pixels" in header and "0.500 µm/px" in header
 
 
 def test_missing_and_broken_images_give_notes(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ import logging
 import math
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -85,6 +85,8 @@ class SummaryView(Protocol):
 
     @property
     def sampler(self) -> str: ...
+    @property
+    def task_mpp(self) -> float: ...
     @property
     def slide_mpp(self) -> float: ...
     @property
@@ -447,11 +449,14 @@ def _class_colours(run: RunView) -> tuple[dict[str, str], str | None]:
 
 
 def _tissue_classes(summary: SummaryView | None, background: str | None) -> list[str]:
-    """Names of a summary's classes, without the background (glass) class."""
+    """Names of a summary's classes without its class 0 (``background``; when that is
+    unknown, the summary's first class: summaries list classes in the model's order)."""
     if summary is None:
         return []
-    bg = background if background is not None else "Background"
-    return [n for n in summary.classes if n != bg]
+    names = list(summary.classes)
+    if background is None:
+        return names[1:]
+    return [n for n in names if n != background]
 
 
 def _class_entry(summary: SummaryView | None, name: str) -> tuple[float | None, float | None]:
@@ -524,13 +529,40 @@ def _model_text(model: _Model, sep: str = "<br>") -> str:
     )
 
 
+def _runs_model(run: RunView, slides: Sequence[SlideEntry]) -> bool:
+    """Whether every slide with results came from the run's own model (so the run's model
+    config describes them); slides kept from an earlier run may come from another."""
+    return all(m.sha256 == run.model_sha256 for m in _done_models(run, slides))
+
+
+def _one(values: Iterable[object]) -> object | None:
+    """The value when all ``values`` agree, else None."""
+    found = set(values)
+    return found.pop() if len(found) == 1 else None
+
+
 def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
-    """The page header: title, run settings and a count of slides by status."""
-    mc, sc = run.model_config, run.segment_config
+    """The page header: title, run settings and a count of slides by status.
+
+    Model settings come from the run's model config when the slides' results came from
+    that model; otherwise from the slides' summaries where they agree, else "varies"."""
+    sc = run.segment_config
     models = _done_models(run, slides)
     notices = list(dict.fromkeys(m.notice for m in models))
     varies = "varies <small>(see each slide)</small>"
-    task_mpp = _num(mc.get("task_mpp"))
+    no_task = "\u2014"
+    if _runs_model(run, slides):
+        mc = run.model_config
+        sampler = _e(mc.get("sampler", "\u2014"))
+        budget = _e(_budget(mc))
+        task_mpp = _num(mc.get("task_mpp"))
+    else:
+        done = [m for s, m in slides if m is not None and s.status in ("done", "skipped")]
+        one_sampler = _one(m.sampler for m in done)
+        sampler = _e(one_sampler) if one_sampler else varies
+        budget = varies
+        task_mpp = _num(_one(m.task_mpp for m in done))
+        no_task = varies
     out_mpp = _num(sc.get("output_mpp"))
     # Slides kept from earlier runs may have other output pixel sizes than this run's.
     per_slide = sorted({v for _, m in slides if m is not None and (v := _num(m.output_mpp))})
@@ -554,9 +586,9 @@ def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
             "Model",
             _model_text(models[0]) if len({(m.path, m.sha256) for m in models}) == 1 else varies,
         ),
-        ("Sampler", _e(mc.get("sampler", "\u2014"))),
-        ("Budget", _e(_budget(mc))),
-        ("Task pixel size", f"{_fmt(task_mpp)} µm/px" if task_mpp is not None else "\u2014"),
+        ("Sampler", sampler),
+        ("Budget", budget),
+        ("Task pixel size", f"{_fmt(task_mpp)} µm/px" if task_mpp is not None else no_task),
         ("Output pixel size", out_mpp_text),
         ("Cluster", _e(cluster)),
         ("Workers", _e(workers) if workers is not None else "default"),
@@ -842,7 +874,7 @@ def _slide_section(
 def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
     """Build the report's HTML text (see :func:`write_report`)."""
     colours, background = _class_colours(run)
-    classes = run.model_config.get("classes")
+    classes = run.model_config.get("classes") if _runs_model(run, slides) else None
     class_names: list[str] = []
     if isinstance(classes, Sequence) and not isinstance(classes, str):
         class_names = [
@@ -850,14 +882,22 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
             for i, c in enumerate(classes)
             if i > 0 and isinstance(c, Mapping) and "name" in c
         ]
-    if not class_names:  # no model config: the classes seen in the summaries
+    if not class_names:  # no model config, or another model's: the summaries' classes
         for _, summary in slides:
-            for c in _tissue_classes(summary, background):
+            for c in _tissue_classes(summary, None):
                 if c not in class_names:
                     class_names.append(c)
     anchors = [_anchor(i, _slide_name(s.slide)) for i, (s, _) in enumerate(slides)]
+
+    def section(i: int, slide: SlideView, summary: SummaryView | None, anchor: str) -> str:
+        model = _slide_model(run, slide, summary)
+        own = model.sha256 == run.model_sha256  # else another model's classes and colours
+        return _slide_section(
+            i, slide, summary, anchor, background if own else None, colours if own else {}, model
+        )
+
     sections = "".join(
-        _slide_section(i, s, summary, a, background, colours, _slide_model(run, s, summary))
+        section(i, s, summary, a)
         for i, ((s, summary), a) in enumerate(zip(slides, anchors, strict=True))
     )
     return (
@@ -873,7 +913,7 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
         )
         + "<main>"
         + _header(run, slides)
-        + _overview(slides, anchors, class_names, colours)
+        + _overview(slides, anchors, class_names, colours if _runs_model(run, slides) else {})
         + sections
         + f"<footer>wsiseg {_e(__version__)} \u00b7 self-contained report: images embedded, "
         "no network access needed</footer>" + "</main></body></html>\n"
