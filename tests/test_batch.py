@@ -216,6 +216,34 @@ def test_two_runs_into_one_out(slides: dict[str, Path], model: Path, tmp_path: P
     assert not list(out.rglob(".*")), "no lock files or temporaries left"
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("run.json", '{"my": "notes"}'), ("report.html", "<html>my report</html>")],
+)
+def test_files_of_the_user_named_like_run_files_are_refused(
+    name: str, text: str, slides: dict[str, Path], model: Path, cluster: str, tmp_path: Path, capsys
+) -> None:
+    """A run.json or report.html in OUT that wsiseg did not write is the user's: the run
+    stops before any slide with one error line, and the file is left as it was."""
+    from tests.segment_helpers import segment_cli
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text(text)
+    code, _, err = segment_cli([str(slides["s"]), "-o", str(out)], model, cluster, capsys)
+    errors = error_lines(err)
+    assert code != 0 and len(errors) == 1, err
+    assert name in errors[0] and "not a wsiseg" in errors[0], errors
+    assert (out / name).read_text() == text
+    assert sorted(p.name for p in out.iterdir()) == [name], "no slide ran"
+    # The files of an earlier wsiseg run are its own, and are merged as before.
+    (out / name).unlink()
+    assert segment_cli([str(slides["s"]), "-o", str(out)], model, cluster, capsys)[0] == 0
+    assert segment_cli([str(slides["other"]), "-o", str(out)], model, cluster, capsys)[0] == 0
+    run = json.loads((out / "run.json").read_text())
+    assert sorted(s["name"] for s in run["slides"]) == ["other", "s"]
+
+
 def test_lock_excludes_a_second_holder(tmp_path: Path) -> None:
     from wsiseg.pipeline.locks import LockBusy, file_lock
 

@@ -43,6 +43,7 @@ from wsiseg.fileops import atomic_path
 from wsiseg.models.checkpoint import DEFAULT_NOTICE
 
 __all__ = [
+    "REPORT_TITLE",
     "STATUS_LABELS",
     "ClassAreaView",
     "RunView",
@@ -62,6 +63,10 @@ STATUS_LABELS: dict[str, tuple[str, str]] = {
     "refused": ("Refused", "error"),
     "failed": ("Failed", "error"),
 }
+
+
+#: The page's title; it tells a report of wsiseg from another file of the same name.
+REPORT_TITLE = "wsiseg segmentation report"
 
 
 class ClassAreaView(Protocol):
@@ -906,7 +911,7 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "img-src data:; style-src 'unsafe-inline'\">"
-        "<title>wsiseg segmentation report</title>"
+        f"<title>{REPORT_TITLE}</title>"
         f"<style>{_CSS}</style></head><body>"
         + _notice(
             " \u00b7 ".join(dict.fromkeys(m.notice for m in _done_models(run, slides))), "page"

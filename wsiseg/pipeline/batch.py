@@ -35,7 +35,7 @@ from distributed import Client
 from shapely.geometry.base import BaseGeometry
 
 from wsiseg.errors import InputError
-from wsiseg.export.report import write_report
+from wsiseg.export.report import REPORT_TITLE, write_report
 from wsiseg.fileops import atomic_path, remove_stale_temporaries
 from wsiseg.io.discovery import discover_slides
 from wsiseg.io.names import assign_output_names
@@ -145,6 +145,52 @@ def _read_run(path: Path) -> RunRecord | None:
         log.warning("%s unreadable (%s); starting it anew", path, exc)
         return None
     return RunRecord.from_json(data) if isinstance(data, dict) else None
+
+
+_REPORT_MARK = f"<title>{REPORT_TITLE}</title>".encode()
+
+
+def check_run_files(out: Path, shard: tuple[int, int] | None = None) -> None:
+    """Refuse, before any slide runs, when the run files the batch rewrites in ``out``
+    (``run.json``, ``report.html``, a shard's record) exist and are not wsiseg's: they
+    are the user's own files, which a run never replaces.
+
+    Raises
+    ------
+    InputError
+        Naming the file.
+    """
+    names = [RUN_FILE] + ([shard_file(*shard)] if shard and shard[1] > 1 else [])
+    for name in names:
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = None
+        if not (isinstance(data, dict) and isinstance(data.get("slides"), list)):
+            raise InputError(
+                f"{path}: exists and is not a wsiseg run record; move it away or choose "
+                "another -o (a run never replaces files it did not write)"
+            )
+    report = out / REPORT_FILE
+    if report.exists():
+        try:
+            with report.open("rb") as f:
+                head = f.read(4096)
+        except OSError:
+            head = b""
+        if _REPORT_MARK not in head:
+            raise InputError(
+                f"{report}: exists and is not a wsiseg report; move it away or choose "
+                "another -o (a run never replaces files it did not write)"
+            )
+
+
+def shard_file(i: int, n: int) -> str:
+    """The record of shard ``i`` of ``n`` in ``OUT``."""
+    return f"run-shard-{i}-of-{n}.json"
 
 
 def _write_json(path: Path, record: RunRecord) -> None:
@@ -276,6 +322,7 @@ def run_batch(
     if out.exists() and not out.is_dir():
         raise InputError(f"-o {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    check_run_files(out, settings.shard)
     # Names over the whole batch (sorted, as shards take it): every shard agrees on them.
     batch = take_shard(every, (0, 1))
     batch_names = assign_output_names([Path(p) for p in batch], out, OUTPUT_FILES)
@@ -302,7 +349,7 @@ def run_batch(
     )
     if settings.shard is not None:
         i, n = settings.shard
-        _write_json(out / f"run-shard-{i}-of-{n}.json", record)
+        _write_json(out / shard_file(i, n), record)
     merge_run_file(out, record)
     return record
 
