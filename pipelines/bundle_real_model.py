@@ -36,7 +36,10 @@ CARDS: dict[str, dict[str, str]] = {
             "colon (benign and adenocarcinoma), 16 patients, about 20x, 0.62 µm/px as the "
             "GlaS paper reports. Trained on the official training images (train_1..85) "
             "minus a patient-disjoint validation part; measured on the 60 test A images. "
-            "Test B was not used for training, selection or tuning."
+            "Test B was not used for training, selection or tuning. The official split is "
+            "by image, not by patient: 8 of test A's 9 patients also have training images "
+            "(grade.csv), so test A measures new images of seen patients and is likely "
+            "optimistic for new patients and labs."
         ),
         "licence": (
             "GlaS is challenge data distributed by the University of Warwick for research. "
@@ -52,7 +55,7 @@ CARDS: dict[str, dict[str, str]] = {
         "not_for": (
             "Diagnosis or any clinical decision. Prostate (it has never seen prostate); "
             "grading (binary: gland / not gland); fluorescence, IHC or frozen sections; "
-            "slides much coarser than 1.2 µm/px (refused unless --force)."
+            "slides coarser than 1.24 µm/px, 2x the task pixel size (refused unless --force)."
         ),
     }
 }
