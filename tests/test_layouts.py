@@ -186,6 +186,26 @@ def test_split_and_target_need_a_known_layout(small_synthetic) -> None:
         discover_sources(small_synthetic.image.parent, target="three-class")
 
 
+def test_broken_glas_folders_name_what_is_missing(glas) -> None:
+    """A GlaS folder without masks/ or images/, or whose names carry no split prefix,
+    is refused with what is missing, not as an unknown layout."""
+    import shutil
+
+    root, _ = glas
+    shutil.move(root / "masks", root.parent / "masks-away")
+    with pytest.raises(InputError, match="grade.csv makes this a GlaS folder, but masks/ is"):
+        discover_sources(root, split="test")
+    shutil.move(root.parent / "masks-away", root / "masks")
+    for folder in ("images", "masks"):
+        for f in (root / folder).iterdir():
+            f.rename(f.with_name(f.name.replace("testA_", "TestA_").replace("train_", "Train_")))
+    with pytest.raises(InputError, match="named train_\\*, testA_\\* or testB_\\*"):
+        discover_sources(root, split="test")
+    (root / "grade.csv").unlink()
+    with pytest.raises(InputError, match="images/, masks/, grade.csv"):
+        discover_sources(root, split="test")
+
+
 def test_patient_split_is_disjoint_and_deterministic(glas) -> None:
     root, _ = glas
     sources = discover_sources(root, split="train")
@@ -213,7 +233,7 @@ def test_cli_train_val_split_and_evaluate_on_glas_layout(glas, tmp_path: Path, c
     assert data["layout"] == "glas" and data["split"] == "train" and data["target"] == "binary"
     assert not set(data["train_images"]) & set(data["val_images"])
     assert all(n.startswith("train_") for n in data["train_images"] + data["val_images"])
-    assert data["val_patients"]
+    assert data["val_patients"] and data["data_mpp"] is None
     ev = tmp_path / "eval"
     main(["evaluate", "--model", str(out / "best.safetensors"), "--data", str(root), "-o", str(ev)])
     result = json.loads((ev / "eval.json").read_text())
@@ -224,6 +244,7 @@ def test_cli_train_val_split_and_evaluate_on_glas_layout(glas, tmp_path: Path, c
         "split": "test",
         "target": "binary",
         "mpp": {"testA_1": GLAS_MPP, "testA_2": GLAS_MPP},
+        "seen_in_training": {},
     }
     # every pixel of each test image once, as the real-tissue benchmark scores it
     net = load_model(out / "best.safetensors", device="cpu")
@@ -232,7 +253,36 @@ def test_cli_train_val_split_and_evaluate_on_glas_layout(glas, tmp_path: Path, c
     assert result["unit"] == "image" and result["slides"] == [s.name for s in tests]
     assert np.array_equal(np.array(result["models"]["learned (best)"]["confusion"]), cm)
     assert cm.sum() == sum(s.size[0] * s.size[1] for s in tests)
-    assert "Dice Gland" in (ev / "eval.md").read_text()
+    md = (ev / "eval.md").read_text()
+    assert "Dice Gland" in md and "split test" in md and "0.62 µm/px" in md
+    assert "Not a test score" not in md
+    # Scoring the model on images it was trained or validated on is said, and recorded.
+    capsys.readouterr()
+    ev_all = tmp_path / "eval-all"
+    main(
+        ["evaluate", "--model", str(out / "best.safetensors"), "--data", str(root)]
+        + ["--split", "all", "-o", str(ev_all)]
+    )
+    err = capsys.readouterr().err
+    assert "warning: 6 of the 8 images were used to train or select" in err, err
+    seen = json.loads((ev_all / "eval.json").read_text())["data"]["seen_in_training"]
+    assert sorted(seen["learned (best)"]) == sorted(n for n, _, _ in GLAS if n.startswith("train"))
+    assert (
+        "Not a test score for learned (best):** 6 of these images"
+        in (ev_all / "eval.md").read_text()
+    )
+    # Training on a test split is said; a used folder is refused before the data is read.
+    main(
+        ["train", "--config", "tiny", "--data", str(root), "--data-mpp", "0.5"]
+        + ["--split", "test", "-o", str(tmp_path / "on-test"), "--steps", "1"]
+    )
+    assert "warning: training on split 'test'" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "on-test" / "best.json").read_text())["config"]
+    assert meta["data"]["data_mpp"] == 0.5
+    with pytest.raises(SystemExit) as refused:
+        main(["train", "--config", "tiny", "--data", str(tmp_path / "absent"), "-o", str(out)])
+    assert refused.value.code != 0
+    assert "is not empty (use --resume" in capsys.readouterr().err  # not "no such data folder"
     with pytest.raises(SystemExit) as exc:
         main(
             [
@@ -282,3 +332,18 @@ def test_real_glas_and_monuseg_folders(shared_data: Path) -> None:
     assert len(val_m) == 6 and not {i.patient for i in train_m} & {i.patient for i in val_m}
     test_src = discover_sources(labeled / "monuseg", split="test")
     assert len(test_src) == 7 and all(0.24 < s.mpp < 0.26 for s in test_src)
+
+
+def test_seen_in_training_of_a_benchmark_model(glas) -> None:
+    """A model whose record only names its data set (the bundled glas model: counts, not
+    names) saw every image of that data set's official training split, and no other."""
+    from wsiseg.train.evaluate import seen_in_training
+
+    root, _ = glas
+    layout = read_layout(root)
+    record = {"dataset": "glas", "train_images": 68, "val_images": 17}
+    names = [n for n, _, _ in GLAS]
+    assert seen_in_training(record, names, layout) == [n for n in names if n.startswith("train")]
+    assert seen_in_training(record, ["testA_1"], layout) == []
+    assert seen_in_training({"dataset": "monuseg"}, names, layout) == []
+    assert seen_in_training({"train_images": ["testA_2"]}, names, layout) == ["testA_2"]

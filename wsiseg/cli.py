@@ -422,9 +422,10 @@ def train(
 
     from wsiseg.models.config import ModelConfig, load_config_file
     from wsiseg.train.layouts import read_layout, split_by_patient
-    from wsiseg.train.loop import StepInfo, TrainConfig
+    from wsiseg.train.loop import StepInfo, TrainConfig, check_out_dir
     from wsiseg.train.loop import train as run_training
 
+    check_out_dir(out, resume=resume)  # before the data is read
     raw = load_config_file(config)
     model_cfg = ModelConfig.from_dict(raw.get("model", {}))
     if sampler:
@@ -436,7 +437,11 @@ def train(
         train_raw["seed"] = seed
     train_cfg = TrainConfig.from_dict(train_raw)
     layout = read_layout(data, data_mpp)
-    summary: dict[str, Any] = {"data": str(data), "val_data": str(val_data) if val_data else None}
+    summary: dict[str, Any] = {
+        "data": str(data),
+        "val_data": str(val_data) if val_data else None,
+        "data_mpp": data_mpp,
+    }
     if layout is not None:  # the data set says what the classes are
         split, target = split or "train", target or "binary"
         classes = layout.classes(target)
@@ -449,6 +454,12 @@ def train(
             )
         model_cfg = model_cfg.replace(classes=classes)
         summary.update(layout=layout.kind, split=split, target=target)
+        if split != "train":
+            click.echo(
+                f"warning: training on split {split!r}, which holds test images: scores on "
+                "them will not be test scores",
+                err=True,
+            )
     train_src = _sources(data, data_mpp, binary_labels, model_cfg.class_names, split, target)
     val_src = (
         _sources(val_data, data_mpp, binary_labels, model_cfg.class_names, None, target)
@@ -541,6 +552,7 @@ def evaluate(
         confusion_per_image,
         confusion_per_source,
         format_markdown,
+        seen_in_training,
         summarise,
     )
     from wsiseg.train.layouts import read_layout, target_for_classes
@@ -586,12 +598,25 @@ def evaluate(
             per_source[label] = confusion_per_source(net, sources, on_region=tick)
         bar.close()
     result = summarise([s.name for s in sources], names, per_source, unit=unit)
+    seen: dict[str, list[str]] = {}
+    for spec, net in zip((model, *baselines), models, strict=True):
+        label = f"{net.config.sampler} ({Path(spec).stem})"
+        record = getattr(net, "checkpoint_meta", {}).get("data")
+        if isinstance(record, dict):
+            if found := seen_in_training(record, [s.name for s in sources], layout):
+                seen[label] = found
+                click.echo(
+                    f"warning: {len(found)} of the {len(sources)} images were used to train or "
+                    f"select {label}: its scores here are not test scores",
+                    err=True,
+                )
     result["data"] = {
         "folder": str(Path(data).resolve()),
         "layout": layout.kind if layout is not None else None,
         "split": split if layout is not None else None,
         "target": target if layout is not None else None,
         "mpp": {s.name: s.mpp for s in sources},
+        "seen_in_training": seen,
     }
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "eval.json", overwrite=True) as tmp:

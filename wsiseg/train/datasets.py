@@ -500,7 +500,8 @@ def discover_sources(
         ]
     if split is not None and split != "all":
         raise InputError(
-            f"{root}: --split needs a layout with an official split (GlaS glas-full or MoNuSeg)"
+            f"{root}: --split needs a layout with an official split: GlaS (images/, masks/, "
+            "grade.csv) or MoNuSeg (images/, masks/, split.csv)"
         )
     if target == "three-class":
         raise InputError(f"{root}: --target three-class needs the GlaS layout (grade.csv)")

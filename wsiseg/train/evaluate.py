@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from wsiseg.models.config import ModelConfig
 from wsiseg.models.deformseg import DeformSeg, MemorySource
 from wsiseg.train.datasets import LabeledSource
+from wsiseg.train.layouts import DataLayout
 from wsiseg.train.metrics import (
     bootstrap_interval,
     bootstrap_mean_iou,
@@ -28,6 +29,7 @@ __all__ = [
     "fitted_boxes",
     "summarise",
     "format_markdown",
+    "seen_in_training",
 ]
 
 log = logging.getLogger(__name__)
@@ -206,6 +208,7 @@ def format_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         f"Evaluated on {result['n_slides']} {unit}(s), pixels pooled; "
         f"intervals: bootstrap over {unit}s.",
+        *_data_lines(result.get("data")),
         "",
         *rows,
     ]
@@ -216,3 +219,53 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         for k, d in diffs:
             lines.append(f"| {k} | {d['miou']:+.4f} | {d['ci95'][0]:+.4f} to {d['ci95'][1]:+.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _data_lines(data: Mapping[str, Any] | None) -> list[str]:
+    """What was scored (folder, split, target, pixel size) and any images a model saw
+    in training, for the markdown."""
+    if not data:
+        return []
+    mpps = sorted({float(v) for v in (data.get("mpp") or {}).values()})
+    size = (
+        f"{mpps[0]:g} µm/px"
+        if len(mpps) == 1
+        else (f"{mpps[0]:g}-{mpps[-1]:g} µm/px" if mpps else "-")
+    )
+    what = [f"data: {data.get('folder')}"]
+    if data.get("layout"):
+        what.append(
+            f"{data['layout']} layout, split {data.get('split')}, target {data.get('target')}"
+        )
+    what.append(f"pixel size {size}")
+    lines = ["", "; ".join(what) + "."]
+    for label, names in (data.get("seen_in_training") or {}).items():
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        lines.append(
+            f"**Not a test score for {label}:** {len(names)} of these images were used to "
+            f"train or select it ({shown})."
+        )
+    return lines
+
+
+def seen_in_training(
+    data: Mapping[str, Any], names: Sequence[str], layout: DataLayout | None
+) -> list[str]:
+    """Which of the scored images ``names`` a model was trained or validated on, as its
+    checkpoint's data record (``data``) tells: by name where it lists them; else, for a
+    record that only names its data set (a benchmark model), every image of that data
+    set's official training split."""
+    listed = [
+        str(n)
+        for key in ("train_images", "val_images")
+        if isinstance(data.get(key), list)
+        for n in data[key]
+    ]
+    if listed:
+        seen = set(listed)
+        return [n for n in names if n in seen]
+    kind = data.get("dataset", data.get("layout"))
+    if layout is not None and kind == layout.kind:
+        train = {im.name for im in layout.images if im.split == "train"}
+        return [n for n in names if n in train]
+    return []

@@ -131,7 +131,8 @@ class DataLayout:
         if not chosen:
             have = sorted({im.split for im in self.images})
             raise InputError(
-                f"{self.root}: no images in split {split!r} (splits here: {', '.join(have)})"
+                f"{self.root}: no images in split {split!r} "
+                f"(splits here: {', '.join(have) or 'none'})"
             )
         return chosen
 
@@ -226,6 +227,11 @@ def _read_glas(root: Path, data_mpp: float | None) -> DataLayout:
                 grade,
             )
         )
+    if not images:
+        raise InputError(
+            f"{root}: no image in images/ is named train_*, testA_* or testB_* "
+            "(the GlaS split is the name's prefix; case matters)"
+        )
     return DataLayout("glas", root, tuple(images))
 
 
@@ -289,7 +295,15 @@ def read_layout(root: Path, data_mpp: float | None = None) -> DataLayout | None:
         implausible pixel sizes, or without any image/mask pair.
     """
     root = Path(root)
-    if not ((root / "images").is_dir() and (root / "masks").is_dir()):
+    lacking = [f"{d}/" for d in ("images", "masks") if not (root / d).is_dir()]
+    for table, kind in (("grade.csv", "GlaS"), ("split.csv", "MoNuSeg")):
+        if lacking and (root / table).is_file():
+            raise InputError(
+                f"{root}: {table} makes this a {kind} folder, but "
+                f"{' and '.join(lacking)} {'is' if len(lacking) == 1 else 'are'} missing "
+                "(expected images/, masks/ and the CSV)"
+            )
+    if lacking:
         return None
     if (root / "grade.csv").is_file():
         return _read_glas(root, data_mpp)

@@ -36,7 +36,15 @@ from wsiseg.train.losses import (
 from wsiseg.train.metrics import confusion_matrix, mean_iou
 from wsiseg.train.regions import RegionDrawer, augment, to_tensors
 
-__all__ = ["TrainConfig", "StepInfo", "train", "training_step", "validate", "read_train_state"]
+__all__ = [
+    "TrainConfig",
+    "StepInfo",
+    "check_out_dir",
+    "train",
+    "training_step",
+    "validate",
+    "read_train_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +240,22 @@ def _colour_stats(sources: Sequence[LabeledSource], max_px: int = 512) -> Colour
     return stats
 
 
+def check_out_dir(out_dir: Path, *, resume: bool) -> None:
+    """Refuse a training folder that holds files unless the run resumes there (callers
+    check before loading data, so the refusal comes at once).
+
+    Raises
+    ------
+    InputError
+        ``out_dir`` is a file, or not empty without ``resume``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise InputError(f"{out_dir} is not empty (use --resume to continue a run)")
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -253,8 +277,7 @@ def train(
     steps. Returns the path of the best checkpoint (``.safetensors``).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise InputError(f"{out_dir} is not empty (use --resume to continue a run)")
+    check_out_dir(out_dir, resume=resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     if train_cfg.threads > 0:
