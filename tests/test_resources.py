@@ -93,3 +93,25 @@ def test_neither_a_file_nor_a_packaged_name(tmp_path: Path) -> None:
         load_config_file(missing)
     with pytest.raises(InputError, match=r"\(packaged: .*default.*tiny"):
         load_config_file("nope")
+
+
+def test_glas_config_is_the_bundled_glas_models_recipe() -> None:
+    """`--config glas` trains what `--model glas` is (all but its seed and thread count):
+    the model's settings and the training rule recorded in its checkpoint."""
+    import json
+
+    from wsiseg.models.config import ModelConfig
+    from wsiseg.train.loop import TrainConfig
+
+    recorded = json.loads((REPO / "wsiseg/resources/models/glas.json").read_text())["config"]
+    raw = load_config_file("glas")
+    model = ModelConfig.from_dict(raw["model"]).to_dict()
+    bundled = ModelConfig.from_dict(recorded["model"]).to_dict()
+    assert {k: v for k, v in model.items() if k != "classes"} == {
+        k: v for k, v in bundled.items() if k != "classes"
+    }
+    ignore = {"seed", "threads"}
+    train = TrainConfig.from_dict(raw["train"]).__dict__
+    assert {k: v for k, v in train.items() if k not in ignore} == {
+        k: v for k, v in recorded["train_cfg"].items() if k not in ignore
+    }
