@@ -130,6 +130,7 @@ def test_refused_forced_and_skipped(
     run = _by_name(_json(out / "run.json"))
     assert run["coarse"]["status"] == "refused" and run["coarse"]["out"] is None
     assert "2.4x coarser" in run["coarse"]["refusals"][0] and not run["coarse"]["forced"]
+    assert run["coarse"]["slide_mpp"] == 1.2  # the pixel size it was refused for
     assert run["fine"]["status"] == "done" and not run["fine"]["forced"]
     assert run["fine"]["refusals"] == [] and len(run["fine"]["warnings"]) == 1
     summary = _json(out / "fine" / "summary.json")

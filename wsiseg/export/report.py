@@ -225,7 +225,8 @@ tr.total td { font-weight: 600; border-top: 2px solid var(--line); }
 td.name { overflow-wrap: anywhere; min-width: 210px; }
 td.name a { color: var(--ink); font-weight: 600; text-decoration: none; }
 td.name a:hover { text-decoration: underline; }
-td.note { color: var(--muted); font-size: 13px; overflow-wrap: anywhere; max-width: 300px; }
+td.note { color: var(--muted); font-size: 13px; overflow-wrap: break-word; min-width: 11em;
+  max-width: 300px; }
 .badge {
   display: inline-block; padding: 1px 9px; border-radius: 999px; font-size: 12px;
   font-weight: 600; white-space: nowrap; border: 1px solid transparent;
@@ -277,6 +278,9 @@ footer { color: var(--muted); font-size: 12px; text-align: center; margin-top: 8
   .card { box-shadow: none; break-inside: avoid; }
   .notice.page { display: block; position: fixed; bottom: 0; left: 0; right: 0; margin: 0; }
   main { padding-bottom: 48px; }
+  table { font-size: 12px; }
+  th, td { padding: 5px 6px; }
+  td.name { min-width: 0; }
 }
 """
 
@@ -563,11 +567,12 @@ def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
         task_mpp = _num(mc.get("task_mpp"))
     else:
         done = [m for s, m in slides if m is not None and s.status in ("done", "skipped")]
+        unknown = varies if done else "\u2014"  # no summary to read them from
         one_sampler = _one(m.sampler for m in done)
-        sampler = _e(one_sampler) if one_sampler else varies
-        budget = varies
+        sampler = _e(one_sampler) if one_sampler else unknown
+        budget = unknown
         task_mpp = _num(_one(m.task_mpp for m in done))
-        no_task = varies
+        no_task = unknown
     out_mpp = _num(sc.get("output_mpp"))
     # Slides kept from earlier runs may have other output pixel sizes than this run's.
     per_slide = sorted({v for _, m in slides if m is not None and (v := _num(m.output_mpp))})

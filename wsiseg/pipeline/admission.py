@@ -63,12 +63,14 @@ class Admission:
     """The outcome of `admit_slide`.
 
     ``refusals`` say why the model cannot read the slide, ``warnings`` what may go
-    wrong; ``forced`` is true when refusals were overridden.
+    wrong; ``forced`` is true when refusals were overridden; ``slide_mpp``: the pixel
+    size the checks read (metadata or ``--mpp``).
     """
 
     refusals: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     forced: bool = False
+    slide_mpp: float | None = None
 
     @property
     def admitted(self) -> bool:
@@ -179,7 +181,7 @@ def admit_slide(
         An RGB thumbnail of the whole slide, if one is at hand (else one is read); its
         pixels are subsampled by a whole step to at most 512 px a side for the checks.
     """
-    out = Admission()
+    out = Admission(slide_mpp=float(reader.mpp[0]))
     evidence = fluorescence_evidence(reader.properties)
     if evidence:
         out.refusals.append(f"not a brightfield scan (fluorescence: {evidence})")

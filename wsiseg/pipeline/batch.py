@@ -278,7 +278,7 @@ def _record(outcome: SlideOutcome, name: str, info: ModelInfo, output_mpp: float
         model_sha256=summary.model_sha256 if summary else info.sha256,
         notice=summary.notice if summary else info.notice,
         output_mpp=summary.output_mpp if summary else output_mpp,
-        slide_mpp=summary.slide_mpp if summary else None,
+        slide_mpp=summary.slide_mpp if summary else (adm.slide_mpp if adm else None),
     )
 
 

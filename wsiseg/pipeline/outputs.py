@@ -401,8 +401,9 @@ class SlideRecord:
     ``forced``, the refusals ``--force`` overrode; ``warnings``: admission warnings.
     ``model`` (absolute path), ``model_sha256``, ``notice``, ``output_mpp`` (resolved)
     and ``slide_mpp`` (used) are those the slide's results came from (a slide done by an
-    earlier run: that run's), or for a slide without results this run's (``slide_mpp``
-    None); None in older files.
+    earlier run: that run's), or for a slide without results this run's (``slide_mpp``:
+    the pixel size its checks read, None when the slide could not be opened); None in
+    older files.
     """
 
     slide: str
