@@ -50,7 +50,7 @@ CARDS: dict[str, dict[str, str]] = {
         ),
         "for": (
             "Research on gland segmentation and on learned downsampling; trying wsiseg on "
-            "real H&E slides of colon (or, with care, other glandular tissue) at 20-40x."
+            "real H&E slides of colon at 20-40x."
         ),
         "not_for": (
             "Diagnosis or any clinical decision. Prostate (it has never seen prostate); "
@@ -74,6 +74,11 @@ def _runs(results: Path, dataset: str, budget: str) -> list[dict[str, Any]]:
 
 def _best_val(rec: dict[str, Any]) -> float:
     return max((float(v) for _, v in rec.get("val_history") or []), default=float("-inf"))
+
+
+def _threads(rec: dict[str, Any]) -> str:
+    n = rec["machine"].get("torch_threads") or rec["train"].get("threads")
+    return "one thread" if n == 1 else f"{n} threads"
 
 
 def _table(report: dict[str, Any], dataset: str) -> str:
@@ -113,7 +118,8 @@ def card_markdown(
         f"({_best_val(rec):.4f}, step {rec['best_step']}); the test images played no part.",
         f"- This model on GlaS test A (60 images, every pixel): {obj} IoU "
         f"{rec['fg_iou']:.4f}, {obj} Dice {rec['fg_dice']:.4f}, mIoU {rec['miou']:.4f} "
-        f"(benchmark run `{rec['key']}`, {rec['machine'].get('cpus')} CPU cores, "
+        f"(benchmark run `{rec['key']}`, {_threads(rec)} on a "
+        f"{rec['machine'].get('cpus')}-core CPU machine, "
         f"{rec['train_seconds'] / 60:.0f} min of training).",
         "",
         "## The benchmark it comes from (GlaS test A; learned vs uniform vs full resolution)",

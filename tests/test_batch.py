@@ -218,7 +218,16 @@ def test_two_runs_into_one_out(slides: dict[str, Path], model: Path, tmp_path: P
 
 @pytest.mark.parametrize(
     ("name", "text"),
-    [("run.json", '{"my": "notes"}'), ("report.html", "<html>my report</html>")],
+    [
+        ("run.json", '{"my": "notes"}'),
+        ("run.json", '{"slides": ["a.svs"], "notes": "my study"}'),
+        (
+            "run.json",
+            '{"schema_version": 1, "model": "m", "model_sha256": "", "slides": [], "my": 1}',
+        ),
+        ("run.json", ""),
+        ("report.html", "<html>my report</html>"),
+    ],
 )
 def test_files_of_the_user_named_like_run_files_are_refused(
     name: str, text: str, slides: dict[str, Path], model: Path, cluster: str, tmp_path: Path, capsys

@@ -204,6 +204,8 @@ def test_broken_glas_folders_name_what_is_missing(glas) -> None:
     (root / "grade.csv").unlink()
     with pytest.raises(InputError, match="images/, masks/, grade.csv"):
         discover_sources(root, split="test")
+    with pytest.raises(InputError, match="without grade.csv .GlaS. or split.csv"):
+        discover_sources(root)
 
 
 def test_patient_split_is_disjoint_and_deterministic(glas) -> None:
@@ -276,7 +278,9 @@ def test_cli_train_val_split_and_evaluate_on_glas_layout(glas, tmp_path: Path, c
         ["train", "--config", "tiny", "--data", str(root), "--data-mpp", "0.5"]
         + ["--split", "test", "-o", str(tmp_path / "on-test"), "--steps", "1"]
     )
-    assert "warning: training on split 'test'" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "warning: training on split 'test'" in said.err
+    assert "validation: none held out" in said.out
     meta = json.loads((tmp_path / "on-test" / "best.json").read_text())["config"]
     assert meta["data"]["data_mpp"] == 0.5
     with pytest.raises(SystemExit) as refused:

@@ -284,6 +284,8 @@ def test_header_and_table_describe_the_model_of_the_results(tmp_path: Path) -> N
         "model_sha256": "f" * 64,
         "notice": "Research use only (GlaS)",
         "task_mpp": 0.62,
+        "region_px": 512,
+        "sample_px": 128,
         "classes": {
             "Not gland": {"area_mm2": 0.9, "fraction_of_tissue": None},
             "Gland": {"area_mm2": 0.06, "fraction_of_tissue": 0.0591},
@@ -308,11 +310,18 @@ def test_header_and_table_describe_the_model_of_the_results(tmp_path: Path) -> N
     header = _text_of(text, "header")
     assert "glas.safetensors" in header and "1/256" not in header
     header = " ".join(header.split())
-    assert "Budget varies" in header and "Task pixel size 0.620 µm/px" in header
-    assert "0.500 µm/px" not in header
+    assert "Budget 1/16 of pixels (128² samples per 512² region)" in header
+    assert "Task pixel size 0.620 µm/px" in header and "0.500 µm/px" not in header
+    section = " ".join(text[text.index('<section class="slide') :].split())
+    assert "learned, 1/16 of pixels" in unescape(re.sub(r"<[^>]+>", " ", section))
     table = _text_of(text, "table")
     assert "Gland" in table and "5.9" in table
     assert "Tumor" not in table and "Not gland" not in table
+    # A summary written before the budget was recorded, beside one of another model:
+    # the header cannot name one budget.
+    old = dict(slides[0], summary=_summary(**{**other, "region_px": 0, "sample_px": 0}))
+    header = " ".join(_text_of(render_report(_run(), [old, *slides]), "header").split())
+    assert "Budget varies" in header
     # With the run's own model the run's settings are shown, as before.
     own = _summary(model="/models/default.safetensors", model_sha256=_run()["model_sha256"])
     slides[0]["summary"] = own

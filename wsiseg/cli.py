@@ -476,6 +476,12 @@ def train(
             f"(--val-fraction {val_fraction}, "
             f"--val-seed {val_seed})"
         )
+    if val_src is None:
+        click.echo(
+            "validation: none held out; the best checkpoint is chosen on the training "
+            "images themselves (--val-data, or --split train of a GlaS/MoNuSeg folder, "
+            "holds some out)"
+        )
     bar = tqdm(
         total=train_cfg.steps, desc=f"train {model_cfg.sampler}", unit="step", file=sys.stderr
     )
@@ -571,6 +577,19 @@ def evaluate(
                 f"the model's classes ({', '.join(names)}) are not those of --target {target}"
             )
     sources = _sources(data, data_mpp, binary_labels, names, split, target)
+    seen: dict[str, list[str]] = {}
+    for spec, net in zip((model, *baselines), models, strict=True):
+        label = f"{net.config.sampler} ({Path(spec).stem})"
+        record = getattr(net, "checkpoint_meta", {}).get("data")
+        if isinstance(record, dict):
+            if found := seen_in_training(record, [s.name for s in sources], layout):
+                seen[label] = found
+                click.echo(
+                    f"warning: {len(found)} of the {len(sources)} images "
+                    f"{'was' if len(found) == 1 else 'were'} used to train or select "
+                    f"{label}: its scores here are not test scores",
+                    err=True,
+                )
     # A labelled image folder (GlaS, MoNuSeg layout) is scored on every pixel of every
     # image once, as the real-tissue benchmark scores it; slides with label GeoJSON on
     # the tissue regions that touch a label.
@@ -598,18 +617,6 @@ def evaluate(
             per_source[label] = confusion_per_source(net, sources, on_region=tick)
         bar.close()
     result = summarise([s.name for s in sources], names, per_source, unit=unit)
-    seen: dict[str, list[str]] = {}
-    for spec, net in zip((model, *baselines), models, strict=True):
-        label = f"{net.config.sampler} ({Path(spec).stem})"
-        record = getattr(net, "checkpoint_meta", {}).get("data")
-        if isinstance(record, dict):
-            if found := seen_in_training(record, [s.name for s in sources], layout):
-                seen[label] = found
-                click.echo(
-                    f"warning: {len(found)} of the {len(sources)} images were used to train or "
-                    f"select {label}: its scores here are not test scores",
-                    err=True,
-                )
     result["data"] = {
         "folder": str(Path(data).resolve()),
         "layout": layout.kind if layout is not None else None,
@@ -822,7 +829,8 @@ def segment(
     finally:
         bars.close()
     for s in record.slides:
-        where = f"  -> {shown(s.out)}" if s.out else f"  ({shown(s.message)})"
+        message = s.message.removeprefix(f"{s.slide}: ").removeprefix(f"{s.status}: ")
+        where = f"  -> {shown(s.out)}" if s.out else f"  ({shown(message)})"
         click.echo(f"{s.status:>9}  {shown(s.slide)}{where}")
     if any(s.status in ("failed", "refused") for s in record.slides):
         sys.exit(1)

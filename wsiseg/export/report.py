@@ -93,6 +93,10 @@ class SummaryView(Protocol):
     @property
     def task_mpp(self) -> float: ...
     @property
+    def region_px(self) -> int: ...
+    @property
+    def sample_px(self) -> int: ...
+    @property
     def slide_mpp(self) -> float: ...
     @property
     def mpp_source(self) -> str: ...
@@ -570,7 +574,7 @@ def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
         unknown = varies if done else "\u2014"  # no summary to read them from
         one_sampler = _one(m.sampler for m in done)
         sampler = _e(one_sampler) if one_sampler else unknown
-        budget = unknown
+        budget = _e(_summary_budget(done[0])) if _one(map(_summary_budget, done)) else unknown
         task_mpp = _num(_one(m.task_mpp for m in done))
         no_task = unknown
     out_mpp = _num(sc.get("output_mpp"))
@@ -606,7 +610,7 @@ def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
     ]
     wall = _num(run.wall_seconds)
     if wall is not None:
-        items.append(("Run time", f"{_fmt(wall)} s"))
+        items.append(("Last run's time", f"{_fmt(wall)} s"))
     settings = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in items)
     counts: dict[str, int] = {}
     for s, _ in slides:
@@ -752,6 +756,15 @@ def _class_table(summary: SummaryView, background: str | None, colours: Mapping[
     )
 
 
+def _summary_budget(summary: SummaryView) -> str:
+    """The sampling budget a slide's results came from ("" when its summary predates
+    the record)."""
+    if summary.sampler != "tiled" and not (summary.region_px and summary.sample_px):
+        return ""
+    cfg = {"sampler": summary.sampler, "region_px": summary.region_px}
+    return _budget({**cfg, "sample_px": summary.sample_px})
+
+
 def _key_figures(summary: SummaryView) -> str:
     """Regions, decoding cost, pixel sizes and time of one slide."""
     ppt = _num(summary.pixels_decoded_per_tissue_pixel)
@@ -783,7 +796,11 @@ def _key_figures(summary: SummaryView) -> str:
             )
     regions = _num(summary.regions)
     features = _num(summary.features)
+    task_mpp = _num(summary.task_mpp) or None
+    sampling = ", ".join(p for p in (summary.sampler, _summary_budget(summary)) if p)
     items = [
+        ("Sampling", _e(sampling) if sampling else "\u2014"),
+        ("Task pixel size", f"{_fmt(task_mpp)} µm/px" if task_mpp is not None else "\u2014"),
         ("Regions", f"{regions:,.0f}" if regions is not None else "\u2014"),
         ("Pixels decoded per tissue pixel", ppt_text),
         ("Slide pixel size", slide_mpp_text),

@@ -150,6 +150,23 @@ def _read_run(path: Path) -> RunRecord | None:
 _REPORT_MARK = f"<title>{REPORT_TITLE}</title>".encode()
 
 
+#: The keys a run record has (older versions wrote some of them, never others).
+_RUN_KEYS = frozenset(RunRecord("", "", {}, {}, "", None).to_json())
+
+
+def _is_run_record(data: object) -> bool:
+    """Whether ``data`` (a parsed ``run.json``) is one wsiseg wrote: its keys and no
+    others, a model and a list of slide lines."""
+    if not isinstance(data, dict) or not set(data) <= _RUN_KEYS:
+        return False
+    slides = data.get("slides")
+    return (
+        {"model", "model_sha256", "slides"} <= set(data)
+        and isinstance(slides, list)
+        and all(isinstance(s, dict) and {"slide", "status"} <= set(s) for s in slides)
+    )
+
+
 def check_run_files(out: Path, shard: tuple[int, int] | None = None) -> None:
     """Refuse, before any slide runs, when the run files the batch rewrites in ``out``
     (``run.json``, ``report.html``, a shard's record) exist and are not wsiseg's: they
@@ -169,7 +186,7 @@ def check_run_files(out: Path, shard: tuple[int, int] | None = None) -> None:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             data = None
-        if not (isinstance(data, dict) and isinstance(data.get("slides"), list)):
+        if not _is_run_record(data):
             raise InputError(
                 f"{path}: exists and is not a wsiseg run record; move it away or choose "
                 "another -o (a run never replaces files it did not write)"

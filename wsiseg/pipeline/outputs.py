@@ -310,6 +310,9 @@ class SlideSummary:
     slide_path: str = ""
     # regions taken from a killed run's scratch instead of computed (0 in older files)
     regions_reused: int = 0
+    # the model's region and sample sides (its budget); 0 in older files
+    region_px: int = 0
+    sample_px: int = 0
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -325,6 +328,8 @@ class SlideSummary:
             "model": self.model,
             "sampler": self.sampler,
             "task_mpp": self.task_mpp,
+            "region_px": self.region_px,
+            "sample_px": self.sample_px,
             "slide_mpp": self.slide_mpp,
             "mpp_source": self.mpp_source,
             "backend": self.backend,
@@ -368,6 +373,8 @@ class SlideSummary:
             output_size=(sz[0], sz[1]) if len(sz) == 2 else (0, 0),
             regions=_int(d.get("regions")),
             regions_reused=_int(d.get("regions_reused")),
+            region_px=_int(d.get("region_px")),
+            sample_px=_int(d.get("sample_px")),
             classes={str(k): ClassArea.from_json(v) for k, v in _mapping(d.get("classes")).items()},
             tissue_area_mm2=_num(d.get("tissue_area_mm2"), 0.0) or 0.0,
             detected_tissue_area_mm2=_num(d.get("detected_tissue_area_mm2"), 0.0) or 0.0,

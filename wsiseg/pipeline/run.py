@@ -767,6 +767,8 @@ def _write_outputs(
         output_mpp=out_mpp,
         sampler=cfg.sampler,
         task_mpp=cfg.task_mpp,
+        region_px=cfg.region_px,
+        sample_px=cfg.sample_px,
         slide_mpp=plan.mpp,
         mpp_source="",
         output_size=(w, h),

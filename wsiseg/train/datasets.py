@@ -338,6 +338,11 @@ def _pair_sources(
     if not pairs:
         return []
     if mpp is None:
+        if (root / "images").is_dir():
+            raise InputError(
+                f"{root}: images/ and masks/ without grade.csv (GlaS) or split.csv (MoNuSeg) "
+                "are plain image/mask pairs, which carry no pixel size; pass --data-mpp"
+            )
         raise InputError(f"{root}: image/mask tiles carry no pixel size; pass --data-mpp")
     return [
         ArraySource(img.stem, _load_rgb(img), _load_labels(m, class_map, binary, n_classes), mpp)

@@ -242,8 +242,8 @@ def _data_lines(data: Mapping[str, Any] | None) -> list[str]:
     for label, names in (data.get("seen_in_training") or {}).items():
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         lines.append(
-            f"**Not a test score for {label}:** {len(names)} of these images were used to "
-            f"train or select it ({shown})."
+            f"**Not a test score for {label}:** {len(names)} of these images "
+            f"{'was' if len(names) == 1 else 'were'} used to train or select it ({shown})."
         )
     return lines
 
