@@ -575,7 +575,7 @@ def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
         one_sampler = _one(m.sampler for m in done)
         sampler = _e(one_sampler) if one_sampler else unknown
         budget = _e(_summary_budget(done[0])) if _one(map(_summary_budget, done)) else unknown
-        task_mpp = _num(_one(m.task_mpp for m in done))
+        task_mpp = _num(_one(m.task_mpp for m in done)) or None  # 0: not recorded
         no_task = unknown
     out_mpp = _num(sc.get("output_mpp"))
     # Slides kept from earlier runs may have other output pixel sizes than this run's.
