@@ -253,6 +253,28 @@ def test_files_of_the_user_named_like_run_files_are_refused(
     assert sorted(s["name"] for s in run["slides"]) == ["other", "s"]
 
 
+def test_a_report_edited_since_it_was_written_is_kept(
+    slides: dict[str, Path], model: Path, cluster: str, tmp_path: Path, capsys
+) -> None:
+    """The report carries its own checksum: notes added to it (or a page saved over it)
+    make it the user's file, which the next run refuses to replace."""
+    from tests.segment_helpers import segment_cli
+    from wsiseg.export.report import is_own_report
+
+    out = tmp_path / "out"
+    assert segment_cli([str(slides["s"]), "-o", str(out)], model, cluster, capsys)[0] == 0
+    report = out / "report.html"
+    assert is_own_report(report)
+    edited = report.read_text(encoding="utf-8").replace("</main>", "<p>my notes</p></main>")
+    report.write_text(edited, encoding="utf-8")
+    assert not is_own_report(report)
+    code, _, err = segment_cli([str(slides["other"]), "-o", str(out)], model, cluster, capsys)
+    errors = error_lines(err)
+    assert code != 0 and len(errors) == 1 and "edited since" in errors[0], err
+    assert report.read_text(encoding="utf-8") == edited
+    assert not (out / "other").exists()
+
+
 def test_lock_excludes_a_second_holder(tmp_path: Path) -> None:
     from wsiseg.pipeline.locks import LockBusy, file_lock
 

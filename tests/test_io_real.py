@@ -88,12 +88,21 @@ def test_aperio_without_mpp_needs_override(shared_data: Path) -> None:
 def test_implausible_mpp_warns_and_needs_override(
     shared_data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    import wsiseg.io.open as opening
+
+    opening._IMPLAUSIBLE_SAID.clear()
     path = shared_data / "slides" / "small_HE_levels.tiff"
-    with caplog.at_level(logging.WARNING), open_slide(path) as r:
-        assert r.mpp_reported[0] == pytest.approx(352.9, abs=0.1)
-        with pytest.raises(MppError, match="implausible"):
-            _ = r.mpp
-    assert any("implausible" in rec.message for rec in caplog.records)
+    with caplog.at_level(logging.WARNING):
+        with open_slide(path, mpp=0.5):
+            pass  # --mpp given: the metadata's value is not used, nothing to warn of
+        with open_slide(path) as r:
+            assert r.mpp_reported[0] == pytest.approx(352.9, abs=0.1)
+            with pytest.raises(MppError, match="implausible"):
+                _ = r.mpp
+        with open_slide(path):
+            pass  # a run opens a slide more than once: said once
+    said = [rec.message for rec in caplog.records if "implausible" in rec.message]
+    assert len(said) == 1 and str(path) in said[0], said
 
 
 def test_plausible_metadata_beats_override(shared_data: Path) -> None:

@@ -286,6 +286,7 @@ def test_header_and_table_describe_the_model_of_the_results(tmp_path: Path) -> N
         "task_mpp": 0.62,
         "region_px": 512,
         "sample_px": 128,
+        "colours": {"Not gland": [255, 255, 255], "Gland": [20, 120, 220]},
         "classes": {
             "Not gland": {"area_mm2": 0.9, "fraction_of_tissue": None},
             "Gland": {"area_mm2": 0.06, "fraction_of_tissue": 0.0591},
@@ -312,6 +313,10 @@ def test_header_and_table_describe_the_model_of_the_results(tmp_path: Path) -> N
     header = " ".join(header.split())
     assert "Budget 1/16 of pixels (128² samples per 512² region)" in header
     assert "Task pixel size 0.620 µm/px" in header and "0.500 µm/px" not in header
+    # the results' own class colours, in the table and in the slide's class areas
+    blue = "rgb(20, 120, 220)"
+    assert blue in text[text.index("<table") : text.index("</table>")]
+    assert blue in text[text.index('<section class="slide') :]
     section = " ".join(text[text.index('<section class="slide') :].split())
     assert "learned, 1/16 of pixels" in unescape(re.sub(r"<[^>]+>", " ", section))
     table = _text_of(text, "table")
@@ -415,6 +420,22 @@ def test_write_is_atomic_and_replaces(tmp_path: Path) -> None:
     write_report(path, _run(), [])
     assert path.read_text().startswith("<!DOCTYPE html>")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_a_report_knows_itself(tmp_path: Path) -> None:
+    """`is_own_report`: a written report, yes; one edited by a byte, no; a report from
+    before the checksum (its title), yes; any other file, no."""
+    path = write_report(tmp_path / "report.html", _run(), _slides(tmp_path))
+    assert report.is_own_report(path)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("Segmentation report", "Segmentation report!"), encoding="utf-8")
+    assert not report.is_own_report(path)
+    older = re.sub(r'<meta name="wsiseg-digest" content="[0-9a-f]*">', "", text)
+    path.write_text(older, encoding="utf-8")
+    assert report.is_own_report(path)
+    path.write_text("<html><title>my notes</title></html>")
+    assert not report.is_own_report(path)
+    assert not report.is_own_report(tmp_path / "absent.html")
 
 
 # --------------------------------------------------------------------------- browser

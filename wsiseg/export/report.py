@@ -22,6 +22,7 @@ this layer does not import the pipeline).
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import logging
@@ -49,6 +50,7 @@ __all__ = [
     "RunView",
     "SlideView",
     "SummaryView",
+    "is_own_report",
     "render_report",
     "write_report",
 ]
@@ -67,6 +69,10 @@ STATUS_LABELS: dict[str, tuple[str, str]] = {
 
 #: The page's title; it tells a report of wsiseg from another file of the same name.
 REPORT_TITLE = "wsiseg segmentation report"
+#: The report's own checksum (sha256 of the page with this tag's content empty), so a
+#: later run can tell the page it wrote from one edited or saved over since.
+_DIGEST_TAG = '<meta name="wsiseg-digest" content="{}">'
+_DIGEST_RE = re.compile(rb'<meta name="wsiseg-digest" content="([0-9a-f]*)">')
 
 
 class ClassAreaView(Protocol):
@@ -96,6 +102,8 @@ class SummaryView(Protocol):
     def region_px(self) -> int: ...
     @property
     def sample_px(self) -> int: ...
+    @property
+    def colours(self) -> Mapping[str, Sequence[int]]: ...
     @property
     def slide_mpp(self) -> float: ...
     @property
@@ -459,6 +467,13 @@ def _class_colours(run: RunView) -> tuple[dict[str, str], str | None]:
             if css is not None:
                 colours[name] = css
     return colours, background
+
+
+def _summary_colours(summary: SummaryView | None) -> dict[str, str]:
+    """Class name -> CSS colour as a slide's summary records them (none in older ones)."""
+    if summary is None:
+        return {}
+    return {n: css for n, c in summary.colours.items() if (css := _rgb(c)) is not None}
 
 
 def _tissue_classes(summary: SummaryView | None, background: str | None) -> list[str]:
@@ -915,13 +930,16 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
                 if c not in class_names:
                     class_names.append(c)
     anchors = [_anchor(i, _slide_name(s.slide)) for i, (s, _) in enumerate(slides)]
+    table_colours = dict(colours) if _runs_model(run, slides) else {}
+    for _, summary in slides:  # the results' own colours where their summaries have them
+        for name, css in _summary_colours(summary).items():
+            table_colours.setdefault(name, css)
 
     def section(i: int, slide: SlideView, summary: SummaryView | None, anchor: str) -> str:
         model = _slide_model(run, slide, summary)
         own = model.sha256 == run.model_sha256  # else another model's classes and colours
-        return _slide_section(
-            i, slide, summary, anchor, background if own else None, colours if own else {}, model
-        )
+        known = _summary_colours(summary) or (colours if own else {})
+        return _slide_section(i, slide, summary, anchor, background if own else None, known, model)
 
     sections = "".join(
         section(i, s, summary, a)
@@ -930,7 +948,8 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        + _DIGEST_TAG.format("")
+        + '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "img-src data:; style-src 'unsafe-inline'\">"
         f"<title>{REPORT_TITLE}</title>"
@@ -940,7 +959,7 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
         )
         + "<main>"
         + _header(run, slides)
-        + _overview(slides, anchors, class_names, colours if _runs_model(run, slides) else {})
+        + _overview(slides, anchors, class_names, table_colours)
         + sections
         + f"<footer>wsiseg {_e(__version__)} \u00b7 self-contained report: images embedded, "
         "no network access needed</footer>" + "</main></body></html>\n"
@@ -969,8 +988,25 @@ def write_report(path: Path, run: RunView, slides: Sequence[SlideEntry]) -> Path
         ``path``.
     """
     path = Path(path)
-    text = render_report(run, slides)
+    data = render_report(run, slides).encode("utf-8")
+    digest = hashlib.sha256(data).hexdigest()
+    data = data.replace(_DIGEST_TAG.format("").encode(), _DIGEST_TAG.format(digest).encode(), 1)
     with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
     log.info("report written to %s (%d slides)", path, len(slides))
     return path
+
+
+def is_own_report(path: Path) -> bool:
+    """Whether the file at ``path`` is a report as wsiseg wrote it: its checksum matches
+    (a report from before the checksum: it has the report's title); False for another
+    file, and for a report edited or saved over since."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return False
+    found = _DIGEST_RE.search(data)
+    if found is None:
+        return f"<title>{REPORT_TITLE}</title>".encode() in data[:4096]
+    blank = data[: found.start(1)] + data[found.end(1) :]
+    return hashlib.sha256(blank).hexdigest() == found.group(1).decode()

@@ -15,6 +15,8 @@ from wsiseg.io.tiffcheck import check_tiff_structure
 __all__ = ["open_slide", "backend_order"]
 
 log = logging.getLogger(__name__)
+#: (slide, value) pairs whose implausible pixel size has been said.
+_IMPLAUSIBLE_SAID: set[tuple[str, float]] = set()
 
 
 def backend_order(path: Path, backend: str) -> list[str]:
@@ -101,6 +103,11 @@ def open_slide(
         log.debug("%s: opened with %s", p, name)
         mx = reader.mpp_reported[0]
         if mx is not None and not is_plausible_mpp(mx):
-            log.warning("%s: implausible pixel size %.4g µm/px in the metadata", p.name, mx)
+            said = (str(p), mx)
+            # once per slide and process (a run opens a slide more than once); not with
+            # --mpp, which replaces the metadata's value
+            if mpp is None and said not in _IMPLAUSIBLE_SAID:
+                _IMPLAUSIBLE_SAID.add(said)
+                log.warning("%s: implausible pixel size %.4g µm/px in the metadata", p, mx)
         return reader
     raise SlideOpenError(f"{p}: unsupported, corrupt or truncated slide ({'; '.join(errors)})")

@@ -35,7 +35,7 @@ from distributed import Client
 from shapely.geometry.base import BaseGeometry
 
 from wsiseg.errors import InputError
-from wsiseg.export.report import REPORT_TITLE, write_report
+from wsiseg.export.report import is_own_report, write_report
 from wsiseg.fileops import atomic_path, remove_stale_temporaries
 from wsiseg.io.discovery import discover_slides
 from wsiseg.io.names import assign_output_names
@@ -147,9 +147,6 @@ def _read_run(path: Path) -> RunRecord | None:
     return RunRecord.from_json(data) if isinstance(data, dict) else None
 
 
-_REPORT_MARK = f"<title>{REPORT_TITLE}</title>".encode()
-
-
 #: The keys a run record has (older versions wrote some of them, never others).
 _RUN_KEYS = frozenset(RunRecord("", "", {}, {}, "", None).to_json())
 
@@ -192,17 +189,12 @@ def check_run_files(out: Path, shard: tuple[int, int] | None = None) -> None:
                 "another -o (a run never replaces files it did not write)"
             )
     report = out / REPORT_FILE
-    if report.exists():
-        try:
-            with report.open("rb") as f:
-                head = f.read(4096)
-        except OSError:
-            head = b""
-        if _REPORT_MARK not in head:
-            raise InputError(
-                f"{report}: exists and is not a wsiseg report; move it away or choose "
-                "another -o (a run never replaces files it did not write)"
-            )
+    if report.exists() and not is_own_report(report):
+        raise InputError(
+            f"{report}: exists and is not a wsiseg report as wsiseg wrote it (another file, "
+            "or one edited since); move it away or choose another -o (a run never replaces "
+            "files it did not write)"
+        )
 
 
 def shard_file(i: int, n: int) -> str:

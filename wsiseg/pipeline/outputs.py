@@ -70,6 +70,14 @@ def _floats(value: object) -> dict[str, float]:
     return {str(k): f for k, v in _mapping(value).items() if (f := _num(v)) is not None}
 
 
+def _colours(value: object) -> dict[str, tuple[int, int, int]]:
+    out = {}
+    for k, v in _mapping(value).items():
+        if isinstance(v, list) and len(v) == 3 and all(isinstance(c, int) for c in v):
+            out[str(k)] = (v[0], v[1], v[2])
+    return out
+
+
 def _strs(value: object) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
@@ -313,6 +321,8 @@ class SlideSummary:
     # the model's region and sample sides (its budget); 0 in older files
     region_px: int = 0
     sample_px: int = 0
+    # the model's colour of each class, [r, g, b] (empty in older files)
+    colours: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -337,6 +347,7 @@ class SlideSummary:
             "regions": self.regions,
             "regions_reused": self.regions_reused,
             "classes": {k: v.to_json() for k, v in self.classes.items()},
+            "colours": {k: list(v) for k, v in self.colours.items()},
             "tissue_area_mm2": self.tissue_area_mm2,
             "detected_tissue_area_mm2": self.detected_tissue_area_mm2,
             "pixels_decoded": self.pixels_decoded,
@@ -375,6 +386,7 @@ class SlideSummary:
             regions_reused=_int(d.get("regions_reused")),
             region_px=_int(d.get("region_px")),
             sample_px=_int(d.get("sample_px")),
+            colours=_colours(d.get("colours")),
             classes={str(k): ClassArea.from_json(v) for k, v in _mapping(d.get("classes")).items()},
             tissue_area_mm2=_num(d.get("tissue_area_mm2"), 0.0) or 0.0,
             detected_tissue_area_mm2=_num(d.get("detected_tissue_area_mm2"), 0.0) or 0.0,

@@ -769,6 +769,7 @@ def _write_outputs(
         task_mpp=cfg.task_mpp,
         region_px=cfg.region_px,
         sample_px=cfg.sample_px,
+        colours={n: (int(c[0]), int(c[1]), int(c[2])) for n, c in cfg.classes},
         slide_mpp=plan.mpp,
         mpp_source="",
         output_size=(w, h),
