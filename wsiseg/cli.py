@@ -489,8 +489,8 @@ def train(
     def on_step(info: StepInfo) -> None:
         bar.n = info.step
         post = {"loss": f"{info.loss:.3f}"}
-        if info.val_miou is not None:
-            post["val_mIoU"] = f"{info.val_miou:.3f}"
+        if info.val_miou is not None:  # on the training images when none is held out
+            post["val_mIoU" if val_src is not None else "train_mIoU"] = f"{info.val_miou:.3f}"
         bar.set_postfix(post, refresh=True)
 
     best = run_training(
