@@ -104,10 +104,11 @@ def open_slide(
         mx = reader.mpp_reported[0]
         if mx is not None and not is_plausible_mpp(mx):
             said = (str(p), mx)
-            # once per slide and process (a run opens a slide more than once); not with
-            # --mpp, which replaces the metadata's value
+            # Info, not a warning: using the slide's pixel size then fails with an error
+            # that names the value. Once per slide and process (a run opens a slide more
+            # than once); not with --mpp, which replaces the metadata's value.
             if mpp is None and said not in _IMPLAUSIBLE_SAID:
                 _IMPLAUSIBLE_SAID.add(said)
-                log.warning("%s: implausible pixel size %.4g µm/px in the metadata", p, mx)
+                log.info("%s: implausible pixel size %.4g µm/px in the metadata", p, mx)
         return reader
     raise SlideOpenError(f"{p}: unsupported, corrupt or truncated slide ({'; '.join(errors)})")
