@@ -557,29 +557,29 @@ def _model_text(model: _Model, sep: str = "<br>") -> str:
     )
 
 
-def _runs_model(run: RunView, slides: Sequence[SlideEntry]) -> bool:
-    """Whether every slide with results came from the run's own model (so the run's model
-    config describes them); slides kept from an earlier run may come from another."""
-    return all(m.sha256 == run.model_sha256 for m in _done_models(run, slides))
-
-
 def _one(values: Iterable[object]) -> object | None:
     """The value when all ``values`` agree, else None."""
     found = set(values)
     return found.pop() if len(found) == 1 else None
 
 
-def _header(run: RunView, slides: Sequence[SlideEntry]) -> str:
+def _runs_model(run: RunView, models: Sequence[_Model]) -> bool:
+    """Whether the results' ``models`` are all the run's own (so the run's model config
+    describes them); slides kept from an earlier run may come from another."""
+    return all(m.sha256 == run.model_sha256 for m in models)
+
+
+def _header(run: RunView, slides: Sequence[SlideEntry], models: Sequence[_Model]) -> str:
     """The page header: title, run settings and a count of slides by status.
 
-    Model settings come from the run's model config when the slides' results came from
-    that model; otherwise from the slides' summaries where they agree, else "varies"."""
+    ``models``: those of the slides' results (`_done_models`). Model settings come from
+    the run's model config when the results came from that model; otherwise from the
+    slides' summaries where they agree, else "varies"."""
     sc = run.segment_config
-    models = _done_models(run, slides)
     notices = list(dict.fromkeys(m.notice for m in models))
     varies = "varies <small>(see each slide)</small>"
     no_task = "\u2014"
-    if _runs_model(run, slides):
+    if _runs_model(run, models):
         mc = run.model_config
         sampler = _e(mc.get("sampler", "\u2014"))
         budget = _e(_budget(mc))
@@ -916,7 +916,9 @@ def _slide_section(
 def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
     """Build the report's HTML text (see :func:`write_report`)."""
     colours, background = _class_colours(run)
-    classes = run.model_config.get("classes") if _runs_model(run, slides) else None
+    models = _done_models(run, slides)
+    own_model = _runs_model(run, models)
+    classes = run.model_config.get("classes") if own_model else None
     class_names: list[str] = []
     if isinstance(classes, Sequence) and not isinstance(classes, str):
         class_names = [
@@ -930,7 +932,7 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
                 if c not in class_names:
                     class_names.append(c)
     anchors = [_anchor(i, _slide_name(s.slide)) for i, (s, _) in enumerate(slides)]
-    table_colours = dict(colours) if _runs_model(run, slides) else {}
+    table_colours = dict(colours) if own_model else {}
     for _, summary in slides:  # the results' own colours where their summaries have them
         for name, css in _summary_colours(summary).items():
             table_colours.setdefault(name, css)
@@ -954,11 +956,9 @@ def render_report(run: RunView, slides: Sequence[SlideEntry]) -> str:
         "img-src data:; style-src 'unsafe-inline'\">"
         f"<title>{REPORT_TITLE}</title>"
         f"<style>{_CSS}</style></head><body>"
-        + _notice(
-            " \u00b7 ".join(dict.fromkeys(m.notice for m in _done_models(run, slides))), "page"
-        )
+        + _notice(" \u00b7 ".join(dict.fromkeys(m.notice for m in models)), "page")
         + "<main>"
-        + _header(run, slides)
+        + _header(run, slides, models)
         + _overview(slides, anchors, class_names, table_colours)
         + sections
         + f"<footer>wsiseg {_e(__version__)} \u00b7 self-contained report: images embedded, "
