@@ -577,9 +577,13 @@ def evaluate(
                 f"the model's classes ({', '.join(names)}) are not those of --target {target}"
             )
     sources = _sources(data, data_mpp, binary_labels, names, split, target)
+    # one label per model, as eval.json names it
+    labels = [
+        f"{net.config.sampler} ({Path(spec).stem})"
+        for spec, net in zip((model, *baselines), models, strict=True)
+    ]
     seen: dict[str, list[str]] = {}
-    for spec, net in zip((model, *baselines), models, strict=True):
-        label = f"{net.config.sampler} ({Path(spec).stem})"
+    for label, net in zip(labels, models, strict=True):
         record = getattr(net, "checkpoint_meta", {}).get("data")
         if isinstance(record, dict):
             if found := seen_in_training(record, [s.name for s in sources], layout):
@@ -596,8 +600,7 @@ def evaluate(
     whole = layout is not None
     unit = "image" if whole else "slide"
     per_source = {}
-    for spec, net in zip((model, *baselines), models, strict=True):
-        label = f"{net.config.sampler} ({Path(spec).stem})"
+    for label, net in zip(labels, models, strict=True):
         what = "image" if whole else "region"
         bar = tqdm(desc=f"evaluate {label}", unit=what, file=sys.stderr, leave=False)
         if whole:
