@@ -164,6 +164,9 @@ def _is_run_record(data: object) -> bool:
     )
 
 
+_KEEP = "move it away or choose another -o (a run never replaces files it did not write)"
+
+
 def check_run_files(out: Path, shard: tuple[int, int] | None = None) -> None:
     """Refuse, before any slide runs, when the run files the batch rewrites in ``out``
     (``run.json``, ``report.html``, a shard's record) exist and are not wsiseg's: they
@@ -184,16 +187,12 @@ def check_run_files(out: Path, shard: tuple[int, int] | None = None) -> None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             data = None
         if not _is_run_record(data):
-            raise InputError(
-                f"{path}: exists and is not a wsiseg run record; move it away or choose "
-                "another -o (a run never replaces files it did not write)"
-            )
+            raise InputError(f"{path}: exists and is not a wsiseg run record; {_KEEP}")
     report = out / REPORT_FILE
     if report.exists() and not is_own_report(report):
         raise InputError(
             f"{report}: exists and is not a wsiseg report as wsiseg wrote it (another file, "
-            "or one edited since); move it away or choose another -o (a run never replaces "
-            "files it did not write)"
+            f"or one edited since); {_KEEP}"
         )
 
 
